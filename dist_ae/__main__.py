@@ -1,0 +1,7 @@
+"""`python -m dist_ae` is the `dist-ae` command."""
+
+import sys
+
+from dist_ae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""Backends on one host through tf.distribute: one device (the single-GPU or CPU fallback) and MirroredStrategy over
+the local GPUs or logical CPU devices.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from dist_ae.backends.base import Backend
+
+
+class StrategyBackend(Backend):
+    """A backend that is a tf.distribute strategy: it places variables, splits batches and all-reduces for us."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, name: str):
+        self.strategy = strategy
+        self.name = name
+        self.num_replicas = strategy.num_replicas_in_sync
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def distribute(self, dataset_fn):
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def run(self, fn, args):
+        return self.strategy.run(fn, args=args)
+
+    def local_sum(self, per_replica):
+        return tf.add_n(list(self.strategy.experimental_local_results(per_replica)))
+
+    def describe(self):
+        devices = ", ".join(self.strategy.extended.worker_devices)
+        return f"{self.name}: {self.num_replicas} replica(s) on {devices}"
+
+
+class DefaultBackend(StrategyBackend):
+    """One device: the first GPU if there is one, else the CPU. Needs nothing distributed."""
+
+    def __init__(self, gpus):
+        device = "/gpu:0" if gpus else "/cpu:0"
+        super().__init__(tf.distribute.OneDeviceStrategy(device), "default")
+
+
+class MirroredBackend(StrategyBackend):
+    """MirroredStrategy over all local GPUs, or over `--cpu-devices N` logical CPU devices when asked."""
+
+    def __init__(self, gpus, cpu_devices: int):
+        if cpu_devices or not gpus:
+            count = max(cpu_devices, 1)
+            devices = [f"/cpu:{index}" for index in range(count)]
+        else:
+            devices = [f"/gpu:{index}" for index in range(len(gpus))]
+        super().__init__(tf.distribute.MirroredStrategy(devices), "mirrored")

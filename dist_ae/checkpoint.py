@@ -1,0 +1,84 @@
+"""The whole training state (model weights, optimizer slots and step count, the epoch reached) saved as one .npz per
+checkpoint, written to a temporary name and renamed into place, so a checkpoint is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dist_ae.errors import UsageError
+
+NAME = re.compile(r"^ckpt-(\d{6})\.npz$")
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return folder / f"ckpt-{epoch:06d}.npz"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in the folder, oldest first (temporary files of an interrupted write are ignored)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(match.group(1)), folder / name) for name in os.listdir(folder) if (match := NAME.match(name))]
+    return sorted(found)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    checkpoints = list_checkpoints(folder)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def training_variables(model, optimizer) -> list:
+    """Every variable whose value training changes, in a fixed order: the model's, then the optimizer's."""
+    return list(model.weights) + list(optimizer.variables)
+
+
+def save(folder: Path, epoch: int, model, optimizer, *, keep: int = 3) -> Path:
+    """Writes the state after `epoch` epochs atomically and keeps the newest `keep` checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    variables = training_variables(model, optimizer)
+    meta = {"epoch": epoch, "variables": [[v.path, list(v.shape)] for v in variables]}
+    arrays = {f"v{index:04d}": np.asarray(v.numpy()) for index, v in enumerate(variables)}
+    final = checkpoint_path(folder, epoch)
+    temporary = final.with_name(final.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, final)
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+    for _, old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def read(path: Path) -> tuple[dict, list[np.ndarray]]:
+    """Returns (meta, arrays) of a checkpoint, or raises UsageError when it is unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            arrays = [archive[f"v{index:04d}"] for index in range(len(meta["variables"]))]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise UsageError(f"{path}: corrupt checkpoint ({error}); move it aside to resume from an earlier one") from None
+    return meta, arrays
+
+
+def restore_values(path: Path, model, optimizer, meta: dict, arrays: list[np.ndarray]) -> int:
+    """Assigns a checkpoint's arrays to the variables; returns the epoch it was written after."""
+    variables = training_variables(model, optimizer)
+    shapes = [[v.path, list(v.shape)] for v in variables]
+    if meta["variables"] != shapes:
+        raise UsageError(f"{path}: holds variables of a different model or optimizer; it cannot be resumed here")
+    for variable, value in zip(variables, arrays):
+        variable.assign(value)
+    return int(meta["epoch"])

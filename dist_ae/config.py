@@ -1,0 +1,101 @@
+"""Every setting of a training run in one frozen dataclass, with the notebook's defaults, its range checks, and the
+JSON form saved beside each run (enough to repeat it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+
+from dist_ae.errors import UsageError
+
+LOSSES = ("bce", "cce", "mse")
+STRATEGIES = ("auto", "default", "mirrored")
+
+# Settings that change what training computes: a checkpoint written under other values is not resumed.
+TRAJECTORY_FIELDS = ("data", "batch_size", "learning_rate", "loss", "seed", "synthetic_samples")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the notebook's (batch 100, 50 epochs, RMSprop at Keras' 0.001)."""
+
+    data: str = "auto"
+    logdir: str = ""
+    epochs: int = 50
+    batch_size: int = 100  # global: split evenly over all replicas of all workers
+    learning_rate: float = 1e-3
+    loss: str = "bce"
+    seed: int = 0
+    strategy: str = "auto"
+    cpu_devices: int = 0
+    steps_per_call: int = 10
+    jit_compile: bool = True
+    synthetic_samples: int = 12000
+    image_every: int = 1
+
+    def validate(self) -> "TrainConfig":
+        """Returns self, or raises UsageError naming the first setting out of range."""
+        if self.epochs < 1:
+            raise UsageError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: must be a positive number of digits")
+        if not self.learning_rate > 0 or self.learning_rate != self.learning_rate or self.learning_rate == float("inf"):
+            raise UsageError(f"--learning-rate {self.learning_rate}: must be a positive, finite number")
+        if self.loss not in LOSSES:
+            raise UsageError(f"--loss {self.loss}: unknown loss; choose one of {', '.join(LOSSES)}")
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"--strategy {self.strategy}: unknown strategy; choose one of {', '.join(STRATEGIES)}")
+        if self.cpu_devices < 0:
+            raise UsageError(f"--cpu-devices {self.cpu_devices}: must be 0 (off) or a positive count")
+        if self.steps_per_call < 1:
+            raise UsageError(f"--steps-per-call {self.steps_per_call}: must be at least 1")
+        if self.synthetic_samples < 20:
+            raise UsageError(f"--synthetic-samples {self.synthetic_samples}: need at least 20 digits")
+        if self.image_every < 0:
+            raise UsageError(f"--image-every {self.image_every}: must be 0 (never) or a positive number of epochs")
+        return self
+
+    def with_logdir(self) -> "TrainConfig":
+        """Fills in the default log folder: a new, time-stamped folder under runs/."""
+        if self.logdir:
+            return self
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        candidate = Path("runs") / stamp
+        suffix = 1
+        while candidate.exists():
+            suffix += 1
+            candidate = Path("runs") / f"{stamp}-{suffix}"
+        return dataclasses.replace(self, logdir=str(candidate))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def differences(self, saved: dict) -> list[str]:
+        """The trajectory settings in which a saved config differs from this one, as 'name: saved -> now'."""
+        mine = dataclasses.asdict(self)
+        return [f"{name}: {saved.get(name)!r} -> {mine[name]!r}" for name in TRAJECTORY_FIELDS if saved.get(name) != mine[name]]
+
+
+def read_saved_config(logdir: Path) -> dict | None:
+    path = logdir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: unreadable run configuration ({error}); move the folder aside or pick another --logdir") from None
+
+
+def check_writable_logdir(logdir: Path) -> None:
+    """Raises UsageError unless the log folder exists as a writable folder or can be created; writes nothing."""
+    probe = logdir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--logdir {logdir}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--logdir {logdir}: {probe} is not writable")

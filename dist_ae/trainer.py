@@ -1,0 +1,168 @@
+"""The one training loop: the notebook's autoencoder built in the backend's scope, several steps per tf.function call
+(forward, loss scaled for the global batch, gradients, combine, apply), validation after every epoch, and the chief's
+events (metrics, TensorBoard, checkpoints) between epochs. Every backend runs this same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dist_ae import pipeline
+from dist_ae.backends.base import Backend
+from dist_ae.config import TrainConfig
+from dist_ae.data import MnistArrays
+from dist_ae.model import build_models, per_digit_loss
+
+VALIDATION_BATCH = 1000
+
+
+@dataclasses.dataclass
+class EpochResult:
+    epoch: int  # 1-based: the number of epochs completed
+    loss: float
+    val_loss: float
+    epoch_seconds: float
+    samples_per_sec: float
+
+
+class Trainer:
+    """Trains the autoencoder on `arrays` with `backend`. The model, optimizer and loss live here; the backend decides
+    only placement, batch delivery, gradient combination and who the chief is."""
+
+    def __init__(self, config: TrainConfig, backend: Backend, arrays: MnistArrays, say: Callable[[str], None] = print):
+        self.config = config
+        self.backend = backend
+        self.arrays = arrays
+        self.say = say
+        self.global_batch_size = config.batch_size
+        self.per_replica_batch_size = pipeline.check_batch_for_replicas(config.batch_size, backend.num_replicas)
+        self.steps_per_epoch = pipeline.steps_per_epoch(arrays.num_train, config.batch_size)
+        # The same seed on every worker gives every replica the same initial weights before any broadcast.
+        keras.utils.set_random_seed(config.seed)
+        with backend.scope():
+            self.encoder, self.decoder, self.autoencoder = build_models()
+            self.optimizer = keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+            self.optimizer.build(self.autoencoder.trainable_variables)
+        self.loss_fn = per_digit_loss(config.loss)
+        with tf.device("/cpu:0"):
+            self.train_images = tf.constant(pipeline.scale(arrays.x_train))
+        self.validation = pipeline.validation_dataset(
+            arrays.x_test, batch_size=VALIDATION_BATCH, shard_index=backend.worker_index, num_shards=backend.num_workers
+        )
+        self.train_steps = self.make_train_function()
+        self.validation_loss_sum = tf.function(self.loss_sum, jit_compile=config.jit_compile, reduce_retracing=True)
+
+    @property
+    def validation_digits(self) -> np.ndarray:
+        """All validation digits, scaled and flattened (for the chief's pictures)."""
+        return pipeline.scale(self.arrays.x_test)
+
+    def loss_sum(self, digits):
+        """Sum of the per-digit loss over a batch."""
+        return tf.reduce_sum(self.loss_fn(digits, self.autoencoder(digits, training=False)))
+
+    def make_train_function(self):
+        """Returns train_steps(iterator, num_steps) -> this worker's sum of per-digit losses over those steps."""
+        model, optimizer, backend = self.autoencoder, self.optimizer, self.backend
+        trainable = model.trainable_variables
+        global_batch_size = float(self.global_batch_size)
+
+        def loss_and_gradients(digits):
+            with tf.GradientTape() as tape:
+                per_digit = self.loss_fn(digits, model(digits, training=True))
+                # Distributed: each replica divides by the global batch, so the replicas' gradients sum to the
+                # gradient of the global batch's mean loss, whatever the number of replicas.
+                scaled = tf.reduce_sum(per_digit) / global_batch_size
+            return tf.reduce_sum(per_digit), tape.gradient(scaled, trainable)
+
+        if self.config.jit_compile:
+            # XLA takes forward, loss and backward; the combine and apply stay outside it, since collectives
+            # (Horovod's in particular) have no XLA kernels.
+            loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+
+        def replica_step(digits):
+            loss, gradients = loss_and_gradients(digits)
+            gradients = backend.combine_gradients(gradients)
+            optimizer.apply(gradients, trainable)
+            return loss
+
+        @tf.function
+        def train_steps(iterator, num_steps):
+            total = tf.constant(0.0, tf.float32)
+            for _ in tf.range(num_steps):
+                total += backend.local_sum(backend.run(replica_step, (next(iterator),)))
+            return total
+
+        return train_steps
+
+    def evaluate(self) -> float:
+        """Mean per-digit loss over every validation digit; each worker takes its shard and the sums are added up."""
+        total, count = 0.0, 0
+        for digits in self.validation:
+            total += float(self.validation_loss_sum(digits))
+            count += int(digits.shape[0])
+        total, count = self.backend.sum_across_workers(np.array([total, count]))
+        return float(total / count)
+
+    @property
+    def learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
+    def fit(self, first_epoch: int, events=None) -> list[EpochResult]:
+        """Trains epochs first_epoch+1 .. config.epochs (first_epoch is the number already done, e.g. resumed).
+
+        `events` (the chief's only) gets on_steps(global_step, loss) after every call and on_epoch(result) after
+        every epoch.
+        """
+        config, steps = self.config, self.steps_per_epoch
+        dataset_fn = lambda context: pipeline.train_dataset(  # noqa: E731
+            self.train_images,
+            seed=config.seed,
+            global_batch_size=self.global_batch_size,
+            first_epoch=first_epoch,
+            last_epoch=config.epochs - 1,
+            input_context=context,
+        )
+        iterator = iter(self.backend.distribute(dataset_fn))
+        results = []
+        for epoch in range(first_epoch, config.epochs):
+            progress = None
+            if events is not None:
+                self.say(f"Epoch {epoch + 1}/{config.epochs}")
+                progress = keras.utils.Progbar(steps, stateful_metrics=["loss", "samples/s"])
+            started = time.perf_counter()
+            done, epoch_loss = 0, 0.0
+            while done < steps:
+                count = min(config.steps_per_call, steps - done)
+                local = float(self.train_steps(iterator, tf.constant(count)))
+                # Metrics are averaged over all workers, once per call rather than once per step.
+                call_loss = float(self.backend.sum_across_workers(np.array([local]))[0])
+                done += count
+                epoch_loss += call_loss
+                elapsed = time.perf_counter() - started
+                mean_call_loss = call_loss / (count * self.global_batch_size)
+                shown = [("loss", mean_call_loss), ("samples/s", done * self.global_batch_size / elapsed)]
+                if events is not None:
+                    events.on_steps(epoch * steps + done, mean_call_loss)
+                    if done < steps:  # the epoch's last update waits for the validation loss
+                        progress.update(done, shown)
+            epoch_seconds = time.perf_counter() - started
+            val_loss = self.evaluate()
+            result = EpochResult(
+                epoch=epoch + 1,
+                loss=epoch_loss / (steps * self.global_batch_size),
+                val_loss=val_loss,
+                epoch_seconds=epoch_seconds,
+                samples_per_sec=steps * self.global_batch_size / epoch_seconds,
+            )
+            if events is not None:
+                progress.update(steps, shown + [("val_loss", val_loss)])
+                events.on_epoch(result)
+            results.append(result)
+        return results
