@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from dist_ae.config import LOSSES, STRATEGIES, TrainConfig
-from dist_ae.errors import UsageError
+from dist_ae.errors import TrainingError, UsageError
 
 DEFAULTS = TrainConfig()
 
@@ -46,7 +46,8 @@ def build_parser() -> Parser:
                        "cross-entropy; mse: mean squared error")
     train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the weights and the data order")
     train.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy,
-                       help="auto (default), default (one device), mirrored (all local GPUs, or --cpu-devices)")
+                       help="auto (default: horovod under horovodrun, mirrored with several GPUs, else default), "
+                       "default (one device), mirrored (all local GPUs, or --cpu-devices), horovod (one replica per rank)")
     train.add_argument("--cpu-devices", type=int, default=DEFAULTS.cpu_devices,
                        help="split the CPU into N logical devices (mirrored replicas without GPUs)")
     train.add_argument("--steps-per-call", type=int, default=DEFAULTS.steps_per_call,
@@ -57,6 +58,13 @@ def build_parser() -> Parser:
                        help="how many digits --data synthetic generates (default %(default)s)")
     train.add_argument("--image-every", type=int, default=DEFAULTS.image_every,
                        help="write TensorBoard pictures every N epochs, 0 for never (default %(default)s)")
+
+    train.add_argument("--check-every", type=int, default=DEFAULTS.check_every,
+                       help="compare every replica's weights every N epochs (always at the end)")
+    train.add_argument("--scale-lr", action="store_true", help="multiply the learning rate by the number of replicas")
+    train.add_argument("--warmup-epochs", type=float, default=DEFAULTS.warmup_epochs,
+                       help="with --scale-lr: ramp from the base learning rate to the scaled one over N epochs")
+    train.add_argument("--fp16-allreduce", action="store_true", help="horovod: send gradients as float16")
 
     evaluate = commands.add_parser("evaluate", help="validation loss of an exported model",
                                    description="Print the validation loss of an exported autoencoder.")
@@ -117,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"dist-ae: error: {error}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"dist-ae: training stopped: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dist-ae: interrupted", file=sys.stderr)
         return 130

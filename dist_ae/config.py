@@ -13,10 +13,10 @@ from pathlib import Path
 from dist_ae.errors import UsageError
 
 LOSSES = ("bce", "cce", "mse")
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "horovod")
 
 # Settings that change what training computes: a checkpoint written under other values is not resumed.
-TRAJECTORY_FIELDS = ("data", "batch_size", "learning_rate", "loss", "seed", "synthetic_samples")
+TRAJECTORY_FIELDS = ("data", "batch_size", "learning_rate", "loss", "seed", "synthetic_samples", "scale_lr", "warmup_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,10 @@ class TrainConfig:
     jit_compile: bool = True
     synthetic_samples: int = 12000
     image_every: int = 1
+    check_every: int = 0  # compare replicas' weights every N epochs as well as at the end
+    scale_lr: bool = False  # learning rate x number of replicas (the large-batch recipe)
+    warmup_epochs: float = 0.0  # with scale_lr: ramp from the base rate to the scaled one over these epochs
+    fp16_allreduce: bool = False  # Horovod: send gradients as float16
 
     def validate(self) -> "TrainConfig":
         """Returns self, or raises UsageError naming the first setting out of range."""
@@ -57,6 +61,12 @@ class TrainConfig:
             raise UsageError(f"--synthetic-samples {self.synthetic_samples}: need at least 20 digits")
         if self.image_every < 0:
             raise UsageError(f"--image-every {self.image_every}: must be 0 (never) or a positive number of epochs")
+        if self.check_every < 0:
+            raise UsageError(f"--check-every {self.check_every}: must be 0 (at the end only) or a positive number of epochs")
+        if self.warmup_epochs < 0 or self.warmup_epochs != self.warmup_epochs:
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs}: must be 0 or more")
+        if self.warmup_epochs and not self.scale_lr:
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs}: ramps up to the scaled learning rate; add --scale-lr")
         return self
 
     def with_logdir(self) -> "TrainConfig":

@@ -6,3 +6,7 @@ The CLI prints its message on one line and exits with status 2; anything else is
 
 class UsageError(Exception):
     """A problem with what the user asked for or gave us; the message names the value and what would be right."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (replicas that disagree, a lost worker); the CLI prints it on one line, exit status 1."""

@@ -31,7 +31,7 @@ def train(config: TrainConfig, say: Callable[[str], None] = print):
     from dist_ae.backends.base import configure_cpu_devices, create_backend
 
     configure_cpu_devices(config.cpu_devices)
-    backend = create_backend(config.strategy, cpu_devices=config.cpu_devices)
+    backend = create_backend(config.strategy, cpu_devices=config.cpu_devices, fp16_allreduce=config.fp16_allreduce)
     chief_say = say if backend.is_chief else (lambda message: None)
     arrays = data.load(config.data, synthetic_samples=config.synthetic_samples, seed=config.seed, say=chief_say)
 
@@ -75,6 +75,5 @@ def resume(trainer, folder: Path, say) -> int:
             say(f"resuming from {path} (epoch {epoch} of {trainer.config.epochs})")
     # Distributed: every worker learns the chief's epoch and starts from the chief's weights.
     epoch = int(backend.sum_across_workers(np.array([epoch]))[0])
-    if epoch:
-        backend.broadcast_from_chief(trainer.autoencoder.weights + trainer.optimizer.variables)
+    backend.broadcast_from_chief(trainer.state_variables)
     return epoch

@@ -6,6 +6,7 @@ events (metrics, TensorBoard, checkpoints) between epochs. Every backend runs th
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Callable
 
@@ -13,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dist_ae import pipeline
+from dist_ae import consistency, pipeline
 from dist_ae.backends.base import Backend
 from dist_ae.config import TrainConfig
 from dist_ae.data import MnistArrays
@@ -29,6 +30,24 @@ class EpochResult:
     val_loss: float
     epoch_seconds: float
     samples_per_sec: float
+    weights_fingerprint: str | None = None  # sha256 of the training state, the same on every replica
+    replicas_checked: int = 0
+
+
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear ramp from `base` to `target` over `warmup_steps` steps, then `target` (Goyal et al.'s warmup)."""
+
+    def __init__(self, base: float, target: float, warmup_steps: int):
+        self.base, self.target, self.warmup_steps = float(base), float(target), int(warmup_steps)
+
+    def __call__(self, step):
+        if self.warmup_steps <= 0:
+            return keras.ops.convert_to_tensor(self.target, "float32")
+        done = keras.ops.minimum(keras.ops.cast(step, "float32") / self.warmup_steps, 1.0)
+        return self.base + (self.target - self.base) * done
+
+    def get_config(self):
+        return {"base": self.base, "target": self.target, "warmup_steps": self.warmup_steps}
 
 
 class Trainer:
@@ -47,7 +66,7 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         with backend.scope():
             self.encoder, self.decoder, self.autoencoder = build_models()
-            self.optimizer = keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+            self.optimizer = keras.optimizers.RMSprop(learning_rate=self.learning_rate_schedule())
             self.optimizer.build(self.autoencoder.trainable_variables)
         self.loss_fn = per_digit_loss(config.loss)
         with tf.device("/cpu:0"):
@@ -57,6 +76,23 @@ class Trainer:
         )
         self.train_steps = self.make_train_function()
         self.validation_loss_sum = tf.function(self.loss_sum, jit_compile=config.jit_compile, reduce_retracing=True)
+
+    def learning_rate_schedule(self):
+        """The base rate; with --scale-lr, the base rate times the replicas, reached after --warmup-epochs."""
+        config = self.config
+        if not config.scale_lr:
+            return config.learning_rate
+        target = config.learning_rate * self.backend.num_replicas
+        return WarmupSchedule(config.learning_rate, target, round(config.warmup_epochs * self.steps_per_epoch))
+
+    @property
+    def state_variables(self) -> list:
+        """Everything training changes: the model's weights, then the optimizer's slots and step count."""
+        return list(self.autoencoder.weights) + list(self.optimizer.variables)
+
+    def check_replicas(self, epoch: int) -> str:
+        """Raises TrainingError when any replica's state differs from replica 0's; returns the fingerprint."""
+        return consistency.check_replicas(self.backend, self.state_variables, epoch)
 
     @property
     def validation_digits(self) -> np.ndarray:
@@ -135,7 +171,9 @@ class Trainer:
             progress = None
             if events is not None:
                 self.say(f"Epoch {epoch + 1}/{config.epochs}")
-                progress = keras.utils.Progbar(steps, stateful_metrics=["loss", "samples/s"])
+                # A live bar on a terminal; one line per epoch in a log file or under a launcher.
+                progress = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2,
+                                               stateful_metrics=["loss", "samples/s"])
             started = time.perf_counter()
             done, epoch_loss = 0, 0.0
             while done < steps:
@@ -161,6 +199,9 @@ class Trainer:
                 epoch_seconds=epoch_seconds,
                 samples_per_sec=steps * self.global_batch_size / epoch_seconds,
             )
+            if epoch + 1 == config.epochs or (config.check_every and (epoch + 1) % config.check_every == 0):
+                result.weights_fingerprint = self.check_replicas(epoch + 1)
+                result.replicas_checked = self.backend.num_replicas
             if events is not None:
                 progress.update(steps, shown + [("val_loss", val_loss)])
                 events.on_epoch(result)

@@ -67,3 +67,28 @@ def sample_arrays():
     from dist_ae import data
 
     return data.load("sample", say=lambda message: None)
+
+
+# 200 steps an epoch on the 4,000 sample digits: enough for three epochs to leave the mean-digit plateau.
+TRAIN = ("train", "--data", "sample", "--batch-size", "20", "--seed", "5")
+
+
+def relative_difference(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def default_run(workdir):
+    """The reference: `--strategy default`, three epochs of the sample at global batch 20, seed 5."""
+    logdir = workdir / "default"
+    result = run_cli(*TRAIN, "--epochs", "3", "--strategy", "default", "--logdir", str(logdir), env=cli_env(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logdir, result

@@ -13,29 +13,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import cli_env, read_metrics, run_cli
+from conftest import TRAIN, cli_env, read_metrics, relative_difference, run_cli
 
-# 200 steps an epoch on the 4,000 sample digits: enough for three epochs to leave the mean-digit plateau.
-TRAIN = ("train", "--data", "sample", "--batch-size", "20", "--seed", "5")
 METRIC_FIELDS = {"epoch", "loss", "val_loss", "samples_per_sec", "epoch_seconds", "num_replicas", "global_batch_size"}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("train")
-
-
-@pytest.fixture(scope="module")
-def default_run(workdir):
-    logdir = workdir / "default"
-    result = run_cli(*TRAIN, "--epochs", "3", "--strategy", "default", "--logdir", str(logdir), env=cli_env(workdir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return logdir, result
-
-
-def relative_difference(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
 def test_validation_loss_falls_and_metrics_are_logged(default_run):
@@ -115,6 +95,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(default_run, workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = read_metrics(logdir), read_metrics(mirrored)
     assert [r["num_replicas"] for r in two] == [2, 2, 2]
+    assert two[-1]["replicas_checked"] == 2  # both replicas compared, and equal
     assert relative_difference([r["loss"] for r in two], [r["loss"] for r in one]) < 1e-4
     assert relative_difference([r["val_loss"] for r in two], [r["val_loss"] for r in one]) < 1e-4
 
@@ -141,3 +122,21 @@ def test_resume_continues_from_the_checkpoint(default_run, workdir):
     again = run_cli(*TRAIN, "--epochs", "4", "--strategy", "default", "--logdir", str(resumed), env=cli_env(workdir))
     assert again.returncode == 0 and "nothing to train" in again.stdout
     assert len(read_metrics(resumed)) == 4
+
+
+def test_a_drifting_mirrored_replica_is_caught(workdir):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "tests/desync_replica.py", "mirrored"], cwd=ROOT, env=cli_env(workdir),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "caught: replicas disagree on the training state after epoch 1: replica 1 (worker 0) differs from replica 0" in result.stdout
+
+
+def test_replicas_are_checked_at_the_end(default_run, workdir):
+    records = read_metrics(default_run[0])
+    assert records[-1]["replicas_checked"] == 1 and len(records[-1]["weights_fingerprint"]) == 64
+    assert records[0]["weights_fingerprint"] is None  # --check-every 0: at the end only

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib.util
+import os
 from typing import Callable, Sequence
 
 import numpy as np
@@ -56,8 +58,18 @@ class Backend(abc.ABC):
         """Eager: element-wise sum of a float64 array over all workers (identity with one worker)."""
         return np.asarray(values, dtype=np.float64)
 
+    def gather_across_workers(self, row: np.ndarray) -> np.ndarray:
+        """Eager: every worker's `row` (same length on each), stacked in worker order: (num_workers, len(row))."""
+        table = np.zeros((self.num_workers, len(row)), dtype=np.float64)
+        table[self.worker_index] = row
+        return self.sum_across_workers(table)
+
     def broadcast_from_chief(self, variables) -> None:
         """Eager: makes every worker's copy of `variables` equal to the chief's (no-op with one worker)."""
+
+    def replica_values(self, variables) -> list[list[np.ndarray]]:
+        """Eager: for each of this worker's replicas, its own copy of each variable, as numpy arrays."""
+        return [[np.asarray(variable.numpy()) for variable in variables]]
 
     def describe(self) -> str:
         return f"{self.name}: {self.num_replicas} replica(s) on {self.num_workers} worker(s)"
@@ -74,13 +86,37 @@ def configure_cpu_devices(count: int) -> None:
         raise UsageError(f"--cpu-devices {count}: {error}") from None
 
 
-def create_backend(strategy: str, *, cpu_devices: int = 0) -> Backend:
-    """The backend named by `--strategy`; `auto` takes `mirrored` when more than one GPU is visible, else `default`."""
+def started_by_horovod(environ=os.environ) -> bool:
+    """True in a process that horovodrun (or mpirun with several ranks) started."""
+    if "HOROVOD_RANK" in environ:
+        return True
+    for size in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if int(environ.get(size, "1") or 1) > 1:
+            return importlib.util.find_spec("horovod") is not None
+    return False
+
+
+def resolve_strategy(strategy: str, num_gpus: int, environ=os.environ) -> str:
+    """What `auto` means here: horovod under horovodrun, mirrored with several GPUs, else default."""
+    if strategy != "auto":
+        return strategy
+    if started_by_horovod(environ):
+        return "horovod"
+    return "mirrored" if num_gpus > 1 else "default"
+
+
+def create_backend(strategy: str, *, cpu_devices: int = 0, fp16_allreduce: bool = False) -> Backend:
+    """The backend named by `--strategy` (see resolve_strategy for `auto`)."""
     from dist_ae.backends import local
 
     gpus = tf.config.list_physical_devices("GPU")
-    if strategy == "auto":
-        strategy = "mirrored" if len(gpus) > 1 else "default"
+    strategy = resolve_strategy(strategy, len(gpus))
+    if fp16_allreduce and strategy != "horovod":
+        raise UsageError(f"--fp16-allreduce: compresses Horovod's allreduce only; it does not apply to --strategy {strategy}")
+    if strategy == "horovod":
+        from dist_ae.backends.horovod import HorovodBackend
+
+        return HorovodBackend(fp16_allreduce=fp16_allreduce)
     if strategy == "default":
         return local.DefaultBackend(gpus)
     if strategy == "mirrored":

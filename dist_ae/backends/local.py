@@ -4,6 +4,7 @@ the local GPUs or logical CPU devices.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from dist_ae.backends.base import Backend
@@ -28,6 +29,11 @@ class StrategyBackend(Backend):
 
     def local_sum(self, per_replica):
         return tf.add_n(list(self.strategy.experimental_local_results(per_replica)))
+
+    def replica_values(self, variables):
+        # A mirrored variable holds one copy per device: read each, not the primary only.
+        copies = [self.strategy.experimental_local_results(variable.value) for variable in variables]
+        return [[np.asarray(per_variable[replica].numpy()) for per_variable in copies] for replica in range(len(copies[0]))]
 
     def describe(self):
         devices = ", ".join(self.strategy.extended.worker_devices)
