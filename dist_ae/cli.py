@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from dist_ae.config import LOSSES, STRATEGIES, TrainConfig
+from dist_ae.config import COLLECTIVES, LOSSES, STRATEGIES, TrainConfig
 from dist_ae.errors import TrainingError, UsageError
 
 DEFAULTS = TrainConfig()
@@ -46,8 +46,9 @@ def build_parser() -> Parser:
                        "cross-entropy; mse: mean squared error")
     train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the weights and the data order")
     train.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy,
-                       help="auto (default: horovod under horovodrun, mirrored with several GPUs, else default), "
-                       "default (one device), mirrored (all local GPUs, or --cpu-devices), horovod (one replica per rank)")
+                       help="auto (default: horovod under horovodrun, multiworker when TF_CONFIG names several workers, mirrored with "
+                       "several GPUs, else default), default (one device), mirrored (all local GPUs, or --cpu-devices), "
+                       "multiworker (MultiWorkerMirroredStrategy), horovod (one replica per rank)")
     train.add_argument("--cpu-devices", type=int, default=DEFAULTS.cpu_devices,
                        help="split the CPU into N logical devices (mirrored replicas without GPUs)")
     train.add_argument("--steps-per-call", type=int, default=DEFAULTS.steps_per_call,
@@ -65,6 +66,17 @@ def build_parser() -> Parser:
     train.add_argument("--warmup-epochs", type=float, default=DEFAULTS.warmup_epochs,
                        help="with --scale-lr: ramp from the base learning rate to the scaled one over N epochs")
     train.add_argument("--fp16-allreduce", action="store_true", help="horovod: send gradients as float16")
+    train.add_argument("--collective", choices=COLLECTIVES, default=DEFAULTS.collective,
+                       help="multiworker: all-reduce implementation, ring, nccl (GPUs) or auto (default)")
+    train.add_argument("--collective-timeout", type=float, default=DEFAULTS.collective_timeout,
+                       help="multiworker: seconds a collective waits for a lost worker before the job fails "
+                       "(default %(default)s; 0: forever)")
+
+    launch = commands.add_parser("launch", help="start a multi-worker cluster on this machine",
+                                 description="Start N multiworker training workers on 127.0.0.1, each with its "
+                                 "TF_CONFIG; stop them all if one fails. Arguments after -- go to `dist-ae train`.")
+    launch.add_argument("--workers", type=int, default=2, help="how many workers (default %(default)s)")
+    launch.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of dist-ae train")
 
     evaluate = commands.add_parser("evaluate", help="validation loss of an exported model",
                                    description="Print the validation loss of an exported autoencoder.")
@@ -122,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             train(train_config(args))
         elif args.command == "evaluate":
             evaluate(args)
+        elif args.command == "launch":
+            from dist_ae.launch import launch
+
+            return launch(args.workers, args.train_args)
     except UsageError as error:
         print(f"dist-ae: error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ from pathlib import Path
 from dist_ae.errors import UsageError
 
 LOSSES = ("bce", "cce", "mse")
-STRATEGIES = ("auto", "default", "mirrored", "horovod")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
+COLLECTIVES = ("auto", "ring", "nccl")
 
 # Settings that change what training computes: a checkpoint written under other values is not resumed.
 TRAJECTORY_FIELDS = ("data", "batch_size", "learning_rate", "loss", "seed", "synthetic_samples", "scale_lr", "warmup_epochs")
@@ -40,6 +41,8 @@ class TrainConfig:
     scale_lr: bool = False  # learning rate x number of replicas (the large-batch recipe)
     warmup_epochs: float = 0.0  # with scale_lr: ramp from the base rate to the scaled one over these epochs
     fp16_allreduce: bool = False  # Horovod: send gradients as float16
+    collective: str = "auto"  # multiworker: ring, nccl (GPUs) or auto
+    collective_timeout: float = 120.0  # multiworker: seconds a collective may wait for a lost worker
 
     def validate(self) -> "TrainConfig":
         """Returns self, or raises UsageError naming the first setting out of range."""
@@ -61,6 +64,10 @@ class TrainConfig:
             raise UsageError(f"--synthetic-samples {self.synthetic_samples}: need at least 20 digits")
         if self.image_every < 0:
             raise UsageError(f"--image-every {self.image_every}: must be 0 (never) or a positive number of epochs")
+        if self.collective not in COLLECTIVES:
+            raise UsageError(f"--collective {self.collective}: choose one of {', '.join(COLLECTIVES)}")
+        if not self.collective_timeout >= 0:
+            raise UsageError(f"--collective-timeout {self.collective_timeout}: must be 0 (none) or a number of seconds")
         if self.check_every < 0:
             raise UsageError(f"--check-every {self.check_every}: must be 0 (at the end only) or a positive number of epochs")
         if self.warmup_epochs < 0 or self.warmup_epochs != self.warmup_epochs:

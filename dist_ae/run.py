@@ -4,6 +4,8 @@ load the digits, resume from the newest checkpoint if the log folder has one, tr
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from dist_ae import checkpoint
 from dist_ae.config import TrainConfig, check_writable_logdir, read_saved_config
-from dist_ae.errors import UsageError
+from dist_ae.errors import TrainingError, UsageError
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print):
@@ -31,7 +33,8 @@ def train(config: TrainConfig, say: Callable[[str], None] = print):
     from dist_ae.backends.base import configure_cpu_devices, create_backend
 
     configure_cpu_devices(config.cpu_devices)
-    backend = create_backend(config.strategy, cpu_devices=config.cpu_devices, fp16_allreduce=config.fp16_allreduce)
+    backend = create_backend(config.strategy, cpu_devices=config.cpu_devices, fp16_allreduce=config.fp16_allreduce,
+                             collective=config.collective, collective_timeout=config.collective_timeout)
     chief_say = say if backend.is_chief else (lambda message: None)
     arrays = data.load(config.data, synthetic_samples=config.synthetic_samples, seed=config.seed, say=chief_say)
 
@@ -46,21 +49,53 @@ def train(config: TrainConfig, say: Callable[[str], None] = print):
     if backend.is_chief:
         events = RunFiles(logdir, trainer, resumed_epoch)  # only the chief writes
     try:
-        if resumed_epoch >= config.epochs:
-            chief_say(f"already trained for {resumed_epoch} epochs (asked for {config.epochs}); nothing to train")
-            results = []
-        else:
-            results = trainer.fit(resumed_epoch, events)
-        # Every worker evaluates: the sum over workers' validation shards is a collective.
-        val_loss = results[-1].val_loss if results else trainer.evaluate()
-        if events is not None:
-            folder = events.export(val_loss)
-            chief_say(f"done: validation loss {val_loss:.4f} after {config.epochs} epochs; logs in {logdir}, "
-                      f"models in {folder}; view with: tensorboard --logdir {logdir}")
+        with lost_workers_reported():
+            results = train_and_export(config, trainer, events, resumed_epoch, logdir, chief_say)
     finally:
         if events is not None:
             events.close()
     return results
+
+
+def train_and_export(config, trainer, events, resumed_epoch, logdir, say):
+    """Trains the remaining epochs and exports the models (the chief); returns the per-epoch results."""
+    if resumed_epoch >= config.epochs:
+        say(f"already trained for {resumed_epoch} epochs (asked for {config.epochs}); nothing to train")
+        results = []
+    else:
+        results = trainer.fit(resumed_epoch, events)
+    # Every worker evaluates: the sum over workers' validation shards is a collective.
+    val_loss = results[-1].val_loss if results else trainer.evaluate()
+    if events is not None:
+        folder = events.export(val_loss)
+        say(f"done: validation loss {val_loss:.4f} after {config.epochs} epochs; logs in {logdir}, "
+            f"models in {folder}; view with: tensorboard --logdir {logdir}")
+    return results
+
+
+SYMPTOM = re.compile(r"aborted|reset by peer|timed out|timeout|unavailable|deadline|closed|connection", re.IGNORECASE)
+LOST_PEER = re.compile(r"/job:(chief|worker)/replica:\d+/task:(\d+)")
+
+
+@contextlib.contextmanager
+def lost_workers_reported():
+    """Turns a collective that failed because another worker went away into one line naming that worker."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError, tf.errors.UnknownError, tf.errors.InternalError) as error:
+        text = str(error)
+        peer = LOST_PEER.search(text)
+        horovod = "horovod" in text.lower() or "gloo" in text.lower()
+        if not (peer or horovod or isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError))):
+            raise
+        who = f"{peer.group(1)} {peer.group(2)}" if peer else "another worker"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        reason = next((line for line in lines if SYMPTOM.search(line)), lines[-1] if lines else type(error).__name__)
+        raise TrainingError(f"lost contact with {who} ({reason}); rerun the same command to resume from the last "
+                            "checkpoint") from None
 
 
 def resume(trainer, folder: Path, say) -> int:

@@ -102,10 +102,15 @@ def resolve_strategy(strategy: str, num_gpus: int, environ=os.environ) -> str:
         return strategy
     if started_by_horovod(environ):
         return "horovod"
+    from dist_ae.backends.multiworker import tf_config_workers
+
+    if tf_config_workers(environ) > 1:
+        return "multiworker"
     return "mirrored" if num_gpus > 1 else "default"
 
 
-def create_backend(strategy: str, *, cpu_devices: int = 0, fp16_allreduce: bool = False) -> Backend:
+def create_backend(strategy: str, *, cpu_devices: int = 0, fp16_allreduce: bool = False, collective: str = "auto",
+                   collective_timeout: float = 0) -> Backend:
     """The backend named by `--strategy` (see resolve_strategy for `auto`)."""
     from dist_ae.backends import local
 
@@ -117,6 +122,10 @@ def create_backend(strategy: str, *, cpu_devices: int = 0, fp16_allreduce: bool 
         from dist_ae.backends.horovod import HorovodBackend
 
         return HorovodBackend(fp16_allreduce=fp16_allreduce)
+    if strategy == "multiworker":
+        from dist_ae.backends.multiworker import MultiWorkerBackend
+
+        return MultiWorkerBackend(collective=collective, timeout_seconds=collective_timeout)
     if strategy == "default":
         return local.DefaultBackend(gpus)
     if strategy == "mirrored":
