@@ -34,16 +34,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def training_variables(model, optimizer) -> list:
-    """Every variable whose value training changes, in a fixed order: the model's, then the optimizer's."""
-    return list(model.weights) + list(optimizer.variables)
-
-
-def save(folder: Path, epoch: int, model, optimizer, *, keep: int = 3) -> Path:
+def save(folder: Path, epoch: int, variables: list, *, keep: int = 3) -> Path:
     """Writes the state after `epoch` epochs atomically and keeps the newest `keep` checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
-    variables = training_variables(model, optimizer)
-    meta = {"epoch": epoch, "variables": [[v.path, list(v.shape)] for v in variables]}
+    meta = {"epoch": epoch, "variables": [[variable_name(v), list(v.shape)] for v in variables]}
     arrays = {f"v{index:04d}": np.asarray(v.numpy()) for index, v in enumerate(variables)}
     final = checkpoint_path(folder, epoch)
     temporary = final.with_name(final.name + ".tmp")
@@ -62,6 +56,11 @@ def save(folder: Path, epoch: int, model, optimizer, *, keep: int = 3) -> Path:
     return final
 
 
+def variable_name(variable) -> str:
+    """Keras variables have a path (`encoder/encoder_hidden/kernel`); plain tf.Variables a name."""
+    return getattr(variable, "path", None) or variable.name.split(":")[0]
+
+
 def read(path: Path) -> tuple[dict, list[np.ndarray]]:
     """Returns (meta, arrays) of a checkpoint, or raises UsageError when it is unreadable."""
     try:
@@ -73,10 +72,9 @@ def read(path: Path) -> tuple[dict, list[np.ndarray]]:
     return meta, arrays
 
 
-def restore_values(path: Path, model, optimizer, meta: dict, arrays: list[np.ndarray]) -> int:
+def restore_values(path: Path, variables: list, meta: dict, arrays: list[np.ndarray]) -> int:
     """Assigns a checkpoint's arrays to the variables; returns the epoch it was written after."""
-    variables = training_variables(model, optimizer)
-    shapes = [[v.path, list(v.shape)] for v in variables]
+    shapes = [[variable_name(v), list(v.shape)] for v in variables]
     if meta["variables"] != shapes:
         raise UsageError(f"{path}: holds variables of a different model or optimizer; it cannot be resumed here")
     for variable, value in zip(variables, arrays):

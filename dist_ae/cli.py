@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from dist_ae.config import COLLECTIVES, LOSSES, STRATEGIES, TrainConfig
+from dist_ae.config import COLLECTIVES, LOSSES, PRECISIONS, STRATEGIES, TrainConfig
 from dist_ae.errors import TrainingError, UsageError
 
 DEFAULTS = TrainConfig()
@@ -60,6 +60,9 @@ def build_parser() -> Parser:
     train.add_argument("--image-every", type=int, default=DEFAULTS.image_every,
                        help="write TensorBoard pictures every N epochs, 0 for never (default %(default)s)")
 
+    train.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+                       help="auto (default: float16 with loss scaling on GPUs of compute capability 7.x, bfloat16 on "
+                       "8.0 and newer, float32 on CPUs), float32, mixed_float16, mixed_bfloat16")
     train.add_argument("--check-every", type=int, default=DEFAULTS.check_every,
                        help="compare every replica's weights every N epochs (always at the end)")
     train.add_argument("--scale-lr", action="store_true", help="multiply the learning rate by the number of replicas")

@@ -13,11 +13,13 @@ from pathlib import Path
 from dist_ae.errors import UsageError
 
 LOSSES = ("bce", "cce", "mse")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
 COLLECTIVES = ("auto", "ring", "nccl")
 
 # Settings that change what training computes: a checkpoint written under other values is not resumed.
-TRAJECTORY_FIELDS = ("data", "batch_size", "learning_rate", "loss", "seed", "synthetic_samples", "scale_lr", "warmup_epochs")
+TRAJECTORY_FIELDS = ("data", "batch_size", "learning_rate", "loss", "seed", "synthetic_samples", "scale_lr", "warmup_epochs",
+                     "precision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,7 @@ class TrainConfig:
     scale_lr: bool = False  # learning rate x number of replicas (the large-batch recipe)
     warmup_epochs: float = 0.0  # with scale_lr: ramp from the base rate to the scaled one over these epochs
     fp16_allreduce: bool = False  # Horovod: send gradients as float16
+    precision: str = "auto"  # auto, float32, mixed_float16, mixed_bfloat16
     collective: str = "auto"  # multiworker: ring, nccl (GPUs) or auto
     collective_timeout: float = 120.0  # multiworker: seconds a collective may wait for a lost worker
 
@@ -64,6 +67,8 @@ class TrainConfig:
             raise UsageError(f"--synthetic-samples {self.synthetic_samples}: need at least 20 digits")
         if self.image_every < 0:
             raise UsageError(f"--image-every {self.image_every}: must be 0 (never) or a positive number of epochs")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
         if self.collective not in COLLECTIVES:
             raise UsageError(f"--collective {self.collective}: choose one of {', '.join(COLLECTIVES)}")
         if not self.collective_timeout >= 0:

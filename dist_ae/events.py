@@ -66,7 +66,7 @@ class RunFiles:
         if config.image_every and (result.epoch % config.image_every == 0 or last):
             digits = trainer.validation_digits
             self.summaries.pictures(result.epoch, digits, trainer.arrays.y_test, trainer.encoder, trainer.decoder)
-        checkpoint.save(self.checkpoints, result.epoch, trainer.autoencoder, trainer.optimizer)
+        checkpoint.save(self.checkpoints, result.epoch, trainer.state_variables)
 
     def export(self, val_loss: float | None) -> Path:
         """encoder, decoder and autoencoder as .keras files, each written to a temporary name and renamed."""

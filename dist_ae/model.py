@@ -12,19 +12,22 @@ HIDDEN_UNITS = 256
 PIXELS = 784
 
 
-def build_models() -> tuple[keras.Model, keras.Model, keras.Model]:
+def build_models(precision: str = "float32") -> tuple[keras.Model, keras.Model, keras.Model]:
     """Returns (encoder, decoder, autoencoder); the autoencoder is the decoder applied to the encoder's output.
 
-    Built inside a distribution strategy's scope, its variables are that strategy's.
+    Args:
+        precision: a Keras dtype policy (float32, mixed_float16, mixed_bfloat16) for every layer but the output
+            layer, which stays float32 so that the sigmoid and the loss are computed at full precision.
+    Built inside a distribution strategy's scope, its variables are that strategy's (always float32).
     """
     digits = keras.Input(shape=(PIXELS,), name="digits")
-    hidden = keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="encoder_hidden")(digits)
-    latent = keras.layers.Dense(LATENT_DIM, name="latent")(hidden)
+    hidden = keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="encoder_hidden", dtype=precision)(digits)
+    latent = keras.layers.Dense(LATENT_DIM, name="latent", dtype=precision)(hidden)
     encoder = keras.Model(digits, latent, name="encoder")
 
     codes = keras.Input(shape=(LATENT_DIM,), name="codes")
-    hidden = keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="decoder_hidden")(codes)
-    pixels = keras.layers.Dense(PIXELS, activation="sigmoid", name="reconstruction")(hidden)
+    hidden = keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="decoder_hidden", dtype=precision)(codes)
+    pixels = keras.layers.Dense(PIXELS, activation="sigmoid", name="reconstruction", dtype="float32")(hidden)
     decoder = keras.Model(codes, pixels, name="decoder")
 
     autoencoder = keras.Model(digits, decoder(encoder(digits)), name="autoencoder")

@@ -106,7 +106,7 @@ def resume(trainer, folder: Path, say) -> int:
         path = checkpoint.latest_checkpoint(folder)
         if path is not None:
             meta, arrays = checkpoint.read(path)
-            epoch = checkpoint.restore_values(path, trainer.autoencoder, trainer.optimizer, meta, arrays)
+            epoch = checkpoint.restore_values(path, trainer.state_variables, meta, arrays)
             say(f"resuming from {path} (epoch {epoch} of {trainer.config.epochs})")
     # Distributed: every worker learns the chief's epoch and starts from the chief's weights.
     epoch = int(backend.sum_across_workers(np.array([epoch]))[0])

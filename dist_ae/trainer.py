@@ -19,6 +19,7 @@ from dist_ae.backends.base import Backend
 from dist_ae.config import TrainConfig
 from dist_ae.data import MnistArrays
 from dist_ae.model import build_models, per_digit_loss
+from dist_ae.precision import DynamicLossScale, all_finite, resolve_precision
 
 VALIDATION_BATCH = 1000
 
@@ -64,10 +65,13 @@ class Trainer:
         self.steps_per_epoch = pipeline.steps_per_epoch(arrays.num_train, config.batch_size)
         # The same seed on every worker gives every replica the same initial weights before any broadcast.
         keras.utils.set_random_seed(config.seed)
+        self.precision = resolve_precision(config.precision, tf.config.list_logical_devices("GPU"))
         with backend.scope():
-            self.encoder, self.decoder, self.autoencoder = build_models()
+            self.encoder, self.decoder, self.autoencoder = build_models(self.precision)
             self.optimizer = keras.optimizers.RMSprop(learning_rate=self.learning_rate_schedule())
             self.optimizer.build(self.autoencoder.trainable_variables)
+            # float16 alone needs a loss scale; bfloat16 has float32's exponent range.
+            self.loss_scale = DynamicLossScale() if self.precision == "mixed_float16" else None
         self.loss_fn = per_digit_loss(config.loss)
         with tf.device("/cpu:0"):
             self.train_images = tf.constant(pipeline.scale(arrays.x_train))
@@ -87,8 +91,9 @@ class Trainer:
 
     @property
     def state_variables(self) -> list:
-        """Everything training changes: the model's weights, then the optimizer's slots and step count."""
-        return list(self.autoencoder.weights) + list(self.optimizer.variables)
+        """Everything training changes: the model's weights, the optimizer's slots and step count, the loss scale."""
+        scale = self.loss_scale.variables if self.loss_scale else []
+        return list(self.autoencoder.weights) + list(self.optimizer.variables) + scale
 
     def check_replicas(self, epoch: int) -> str:
         """Raises TrainingError when any replica's state differs from replica 0's; returns the fingerprint."""
@@ -109,24 +114,39 @@ class Trainer:
         trainable = model.trainable_variables
         global_batch_size = float(self.global_batch_size)
 
-        def loss_and_gradients(digits):
+        loss_scale = self.loss_scale
+
+        def loss_and_gradients(digits, scale):
             with tf.GradientTape() as tape:
                 per_digit = self.loss_fn(digits, model(digits, training=True))
                 # Distributed: each replica divides by the global batch, so the replicas' gradients sum to the
                 # gradient of the global batch's mean loss, whatever the number of replicas.
-                scaled = tf.reduce_sum(per_digit) / global_batch_size
+                scaled = tf.reduce_sum(per_digit) / global_batch_size * scale
             return tf.reduce_sum(per_digit), tape.gradient(scaled, trainable)
 
-        if self.config.jit_compile:
+        whole_step_in_xla = self.config.jit_compile and backend.xla_whole_step
+        if self.config.jit_compile and not whole_step_in_xla:
             # XLA takes forward, loss and backward; the combine and apply stay outside it, since collectives
-            # (Horovod's in particular) have no XLA kernels.
+            # (Horovod's, and mirrored variables on several devices) have no XLA kernels.
             loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
 
         def replica_step(digits):
-            loss, gradients = loss_and_gradients(digits)
+            if loss_scale is None:
+                loss, gradients = loss_and_gradients(digits, 1.0)
+                optimizer.apply(backend.combine_gradients(gradients), trainable)
+                return loss
+            scale = loss_scale.scale.read_value()
+            loss, gradients = loss_and_gradients(digits, scale)
             gradients = backend.combine_gradients(gradients)
+            finite = backend.all_replicas_finite(all_finite(gradients))
+            # An overflowing step applies zero gradients: RMSprop then leaves every weight as it was.
+            gradients = [tf.where(finite, g / scale, tf.zeros_like(g)) for g in gradients]
             optimizer.apply(gradients, trainable)
+            loss_scale.update(finite)
             return loss
+
+        if whole_step_in_xla:  # one device: the optimizer's update joins the compiled step
+            replica_step = tf.function(replica_step, jit_compile=True)
 
         @tf.function
         def train_steps(iterator, num_steps):
@@ -136,6 +156,21 @@ class Trainer:
             return total
 
         return train_steps
+
+    def batches(self, first_epoch: int):
+        """An iterator over per-replica batches from epoch first_epoch (0-based) to the last one."""
+
+        def dataset_fn(context):
+            return pipeline.train_dataset(
+                self.train_images,
+                seed=self.config.seed,
+                global_batch_size=self.global_batch_size,
+                first_epoch=first_epoch,
+                last_epoch=self.config.epochs - 1,
+                input_context=context,
+            )
+
+        return iter(self.backend.distribute(dataset_fn))
 
     def evaluate(self) -> float:
         """Mean per-digit loss over every validation digit; each worker takes its shard and the sums are added up."""
@@ -157,15 +192,7 @@ class Trainer:
         every epoch.
         """
         config, steps = self.config, self.steps_per_epoch
-        dataset_fn = lambda context: pipeline.train_dataset(  # noqa: E731
-            self.train_images,
-            seed=config.seed,
-            global_batch_size=self.global_batch_size,
-            first_epoch=first_epoch,
-            last_epoch=config.epochs - 1,
-            input_context=context,
-        )
-        iterator = iter(self.backend.distribute(dataset_fn))
+        iterator = self.batches(first_epoch)
         results = []
         for epoch in range(first_epoch, config.epochs):
             progress = None

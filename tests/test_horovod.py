@@ -3,7 +3,6 @@ one device at the same global batch, end with identical weights, write one set o
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -11,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TRAIN, assert_usage_error, cli_env, read_metrics, relative_difference, run_cli
+from conftest import ROOT, TRAIN, cli_env, read_metrics, relative_difference, requires_horovod
 
 HOROVODRUN = shutil.which("horovodrun")
-pytestmark = pytest.mark.skipif(
-    HOROVODRUN is None and not os.environ.get("CI"), reason="Horovod is not installed (bash launch/install_horovod.sh)"
-)
+pytestmark = requires_horovod
 
 
 def horovodrun(ranks: int, *command: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:

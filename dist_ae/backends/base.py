@@ -28,6 +28,7 @@ class Backend(abc.ABC):
     num_replicas: int
     num_workers: int = 1
     worker_index: int = 0
+    xla_whole_step: bool = False  # whether the optimizer's update may be XLA-compiled with the step (no collectives)
 
     @property
     def is_chief(self) -> bool:
@@ -54,6 +55,11 @@ class Backend(abc.ABC):
         itself (an all-reduce inside `apply`), so the default passes them through."""
         return gradients
 
+    def all_replicas_finite(self, finite: tf.Tensor) -> tf.Tensor:
+        """Called per replica with whether its combined gradients are finite: true only if they are on every replica,
+        so that an overflowing step is skipped by all alike."""
+        return finite
+
     def sum_across_workers(self, values: np.ndarray) -> np.ndarray:
         """Eager: element-wise sum of a float64 array over all workers (identity with one worker)."""
         return np.asarray(values, dtype=np.float64)
@@ -73,6 +79,13 @@ class Backend(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name}: {self.num_replicas} replica(s) on {self.num_workers} worker(s)"
+
+
+def tf_variable(variable):
+    """The TensorFlow variable behind a Keras variable (which wraps one), or the variable itself."""
+    import keras
+
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def configure_cpu_devices(count: int) -> None:

@@ -9,7 +9,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from dist_ae.backends.base import Backend
+from dist_ae.backends.base import Backend, tf_variable
 from dist_ae.errors import UsageError
 
 INSTALL_HINT = "install it with `bash launch/install_horovod.sh` (Horovod 0.28.1 built for this TensorFlow; see README)"
@@ -72,7 +72,7 @@ class HorovodBackend(Backend):
     def broadcast_from_chief(self, variables):
         # Distributed: every rank starts from rank 0's weights and optimizer state (fresh or resumed).
         for variable in variables:
-            variable.assign(self.hvd.broadcast(variable.value, root_rank=0))
+            variable.assign(self.hvd.broadcast(tf_variable(variable), root_rank=0))
 
     def describe(self):
         return f"horovod: {self.num_replicas} rank(s), this is rank {self.worker_index} on {self.device}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from dist_ae.backends.base import Backend
+from dist_ae.backends.base import Backend, tf_variable
 
 
 class StrategyBackend(Backend):
@@ -30,9 +30,15 @@ class StrategyBackend(Backend):
     def local_sum(self, per_replica):
         return tf.add_n(list(self.strategy.experimental_local_results(per_replica)))
 
+    def all_replicas_finite(self, finite):
+        # Distributed: gradients are combined later, inside the optimizer, so the replicas compare their verdicts.
+        context = tf.distribute.get_replica_context()
+        overflowed = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+        return overflowed == 0.0
+
     def replica_values(self, variables):
         # A mirrored variable holds one copy per device: read each, not the primary only.
-        copies = [self.strategy.experimental_local_results(variable.value) for variable in variables]
+        copies = [self.strategy.experimental_local_results(tf_variable(variable)) for variable in variables]
         return [[np.asarray(per_variable[replica].numpy()) for per_variable in copies] for replica in range(len(copies[0]))]
 
     def describe(self):
@@ -42,6 +48,8 @@ class StrategyBackend(Backend):
 
 class DefaultBackend(StrategyBackend):
     """One device: the first GPU if there is one, else the CPU. Needs nothing distributed."""
+
+    xla_whole_step = True
 
     def __init__(self, gpus):
         device = "/gpu:0" if gpus else "/cpu:0"
