@@ -81,6 +81,12 @@ def build_parser() -> Parser:
     launch.add_argument("--workers", type=int, default=2, help="how many workers (default %(default)s)")
     launch.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of dist-ae train")
 
+    bench = commands.add_parser("bench", help="measure training throughput against the notebook and the hardware",
+                                description="Time dist-ae's training loop against Keras model.fit as the notebook "
+                                "trains, and against an XLA matrix product; print a table and write JSON.")
+    bench.add_argument("--json", default="bench/results.json", help="where to write the figures (default %(default)s)")
+    bench.add_argument("--tiny", action="store_true", help="a few steps only: checks that the benchmark runs")
+
     evaluate = commands.add_parser("evaluate", help="validation loss of an exported model",
                                    description="Print the validation loss of an exported autoencoder.")
     evaluate.add_argument("--model", required=True, help="an export folder (holding autoencoder.keras) or a .keras file")
@@ -137,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             train(train_config(args))
         elif args.command == "evaluate":
             evaluate(args)
+        elif args.command == "bench":
+            from dist_ae import bench
+
+            bench.main(tiny=args.tiny, json_path=args.json)
         elif args.command == "launch":
             from dist_ae.launch import launch
 

@@ -130,10 +130,14 @@ class Trainer:
             # (Horovod's, and mirrored variables on several devices) have no XLA kernels.
             loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
 
+        apply = lambda gradients: optimizer.apply(gradients, trainable)  # noqa: E731
+        if self.config.jit_compile and backend.xla_apply and not whole_step_in_xla:
+            apply = tf.function(apply, jit_compile=True)
+
         def replica_step(digits):
             if loss_scale is None:
                 loss, gradients = loss_and_gradients(digits, 1.0)
-                optimizer.apply(backend.combine_gradients(gradients), trainable)
+                apply(backend.combine_gradients(gradients))
                 return loss
             scale = loss_scale.scale.read_value()
             loss, gradients = loss_and_gradients(digits, scale)

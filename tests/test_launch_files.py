@@ -210,7 +210,7 @@ def test_dockerignore_lets_through_what_the_dockerfile_copies_and_nothing_else()
     assert sources, "no COPY in the Dockerfile"
     for source in sources:
         files = [source] if (ROOT / source).is_file() else [
-            str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*.py") if "__pycache__" not in p.parts]
+            str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
         assert files, f"COPY {source}: nothing there"
         for file in files:
             assert not dockerignore_excludes(file, patterns), f"COPY {source}: .dockerignore leaves out {file}"
@@ -412,8 +412,10 @@ def test_manifests_use_the_image_the_readme_builds(name):
 # ------------------------------------------------------------------------------------- horovodrun_hosts.sh ---
 
 def hosts_script(*args: str, env_extra: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
-    env.pop("DRY_RUN", None) if "DRY_RUN" not in (env_extra or {}) else None
+    env = dict(os.environ)
+    for name in ("DRY_RUN", "HOSTFILE", "NP", "HOROVODRUN", "MPIRUN", "DIST_AE", "NCCL_DEBUG"):
+        env.pop(name, None)  # the caller's settings of the script's knobs must not leak into these tests
+    env.update(env_extra or {})
     return run(HOSTS_SCRIPT, *args, env=env, cwd=cwd)
 
 

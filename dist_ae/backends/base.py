@@ -29,6 +29,7 @@ class Backend(abc.ABC):
     num_workers: int = 1
     worker_index: int = 0
     xla_whole_step: bool = False  # whether the optimizer's update may be XLA-compiled with the step (no collectives)
+    xla_apply: bool = False  # whether the optimizer's update may be XLA-compiled on its own, after the combine
 
     @property
     def is_chief(self) -> bool:

@@ -27,6 +27,7 @@ class HorovodBackend(Backend):
     """One replica per Horovod rank; each rank sees only the GPU of its local rank."""
 
     name = "horovod"
+    xla_apply = True  # the allreduce is done before the optimizer, which then touches only this rank's variables
 
     def __init__(self, *, fp16_allreduce: bool = False):
         hvd = import_horovod()
