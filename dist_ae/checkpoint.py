@@ -1,5 +1,6 @@
-"""The whole training state (model weights, optimizer slots and step count, the epoch reached) saved as one .npz per
-checkpoint, written to a temporary name and renamed into place, so a checkpoint is either complete or absent.
+"""The whole training state (model weights, optimizer slots and step count, loss scale, and where in which epoch
+training stands) saved as one .npz per checkpoint, named by the global step, written to a temporary name, flushed to
+disk and renamed into place: a checkpoint is either complete or absent, whenever the process dies.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_ae.errors import UsageError
+from dist_ae.errors import TrainingError, UsageError
 
-NAME = re.compile(r"^ckpt-(\d{6})\.npz$")
+NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
 
 
-def checkpoint_path(folder: Path, epoch: int) -> Path:
-    return folder / f"ckpt-{epoch:06d}.npz"
+def checkpoint_path(folder: Path, global_step: int) -> Path:
+    return folder / f"ckpt-{global_step:09d}.npz"
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -34,12 +35,22 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def save(folder: Path, epoch: int, variables: list, *, keep: int = 3) -> Path:
-    """Writes the state after `epoch` epochs atomically and keeps the newest `keep` checkpoints."""
+def save(folder: Path, position, steps_per_epoch: int, variables: list, *, keep: int = 3) -> Path:
+    """Writes the state at `position` (a trainer.Position) atomically and keeps the newest `keep` checkpoints.
+
+    Raises TrainingError instead of saving a state with a NaN or infinite value in it.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"epoch": epoch, "variables": [[variable_name(v), list(v.shape)] for v in variables]}
+    global_step = position.epoch * steps_per_epoch + position.step
     arrays = {f"v{index:04d}": np.asarray(v.numpy()) for index, v in enumerate(variables)}
-    final = checkpoint_path(folder, epoch)
+    broken = [variable_name(v) for v, a in zip(variables, arrays.values()) if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if broken:
+        raise TrainingError(f"{', '.join(broken)} hold NaN or infinite values at step {global_step}; not checkpointed "
+                            "(the last checkpoint is kept); try a lower --learning-rate")
+    meta = {"epoch": position.epoch, "step": position.step, "epoch_loss_sum": position.epoch_loss_sum,
+            "global_step": global_step, "steps_per_epoch": steps_per_epoch,
+            "variables": [[variable_name(v), list(v.shape)] for v in variables]}
+    final = checkpoint_path(folder, global_step)
     temporary = final.with_name(final.name + ".tmp")
     with open(temporary, "wb") as handle:
         np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
@@ -53,6 +64,8 @@ def save(folder: Path, epoch: int, variables: list, *, keep: int = 3) -> Path:
         os.close(directory)
     for _, old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
+    for stale in folder.glob("ckpt-*.npz.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     return final
 
 
@@ -72,11 +85,11 @@ def read(path: Path) -> tuple[dict, list[np.ndarray]]:
     return meta, arrays
 
 
-def restore_values(path: Path, variables: list, meta: dict, arrays: list[np.ndarray]) -> int:
-    """Assigns a checkpoint's arrays to the variables; returns the epoch it was written after."""
+def restore_values(path: Path, variables: list, meta: dict, arrays: list[np.ndarray]) -> tuple[int, int, float]:
+    """Assigns a checkpoint's arrays to the variables; returns (epochs done, steps done of the next, their loss sum)."""
     shapes = [[variable_name(v), list(v.shape)] for v in variables]
     if meta["variables"] != shapes:
         raise UsageError(f"{path}: holds variables of a different model or optimizer; it cannot be resumed here")
     for variable, value in zip(variables, arrays):
         variable.assign(value)
-    return int(meta["epoch"])
+    return int(meta["epoch"]), int(meta.get("step", 0)), float(meta.get("epoch_loss_sum", 0.0))

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from dist_ae.config import COLLECTIVES, LOSSES, PRECISIONS, STRATEGIES, TrainConfig
-from dist_ae.errors import TrainingError, UsageError
+from dist_ae.errors import Preempted, TrainingError, UsageError
 
 DEFAULTS = TrainConfig()
 
@@ -60,6 +60,14 @@ def build_parser() -> Parser:
     train.add_argument("--image-every", type=int, default=DEFAULTS.image_every,
                        help="write TensorBoard pictures every N epochs, 0 for never (default %(default)s)")
 
+    train.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
+                       help="checkpoint every N steps as well as after every epoch (default: epochs only)")
+    train.add_argument("--keep-checkpoints", type=int, default=DEFAULTS.keep_checkpoints,
+                       help="how many of the newest checkpoints to keep (default %(default)s)")
+    train.add_argument("--deterministic", action="store_true",
+                       help="TensorFlow's op determinism: a killed and rerun job ends bit-identical to an unbroken one")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over in a --logdir that holds another run (its files are deleted)")
     train.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
                        help="auto (default: float16 with loss scaling on GPUs of compute capability 7.x, bfloat16 on "
                        "8.0 and newer, float32 on CPUs), float32, mixed_float16, mixed_bfloat16")
@@ -154,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"dist-ae: error: {error}", file=sys.stderr)
         return 2
+    except Preempted as error:
+        print(f"dist-ae: stopped by a signal {error}, with a checkpoint; rerun the same command to resume",
+              file=sys.stderr)
+        return Preempted.exit_status
     except TrainingError as error:
         print(f"dist-ae: training stopped: {error}", file=sys.stderr)
         return 1

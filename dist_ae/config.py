@@ -43,6 +43,10 @@ class TrainConfig:
     scale_lr: bool = False  # learning rate x number of replicas (the large-batch recipe)
     warmup_epochs: float = 0.0  # with scale_lr: ramp from the base rate to the scaled one over these epochs
     fp16_allreduce: bool = False  # Horovod: send gradients as float16
+    checkpoint_every: int = 0  # steps between checkpoints within an epoch (0: at the end of each epoch only)
+    keep_checkpoints: int = 3
+    deterministic: bool = False  # TensorFlow's op determinism: a resumed run ends bit-identical to an unbroken one
+    overwrite: bool = False  # start over in a log folder that holds another run
     precision: str = "auto"  # auto, float32, mixed_float16, mixed_bfloat16
     collective: str = "auto"  # multiworker: ring, nccl (GPUs) or auto
     collective_timeout: float = 120.0  # multiworker: seconds a collective may wait for a lost worker
@@ -67,6 +71,10 @@ class TrainConfig:
             raise UsageError(f"--synthetic-samples {self.synthetic_samples}: need at least 20 digits")
         if self.image_every < 0:
             raise UsageError(f"--image-every {self.image_every}: must be 0 (never) or a positive number of epochs")
+        if self.checkpoint_every < 0:
+            raise UsageError(f"--checkpoint-every {self.checkpoint_every}: must be 0 (epochs only) or a number of steps")
+        if self.keep_checkpoints < 1:
+            raise UsageError(f"--keep-checkpoints {self.keep_checkpoints}: must keep at least 1")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
         if self.collective not in COLLECTIVES:
@@ -99,7 +107,8 @@ class TrainConfig:
     def differences(self, saved: dict) -> list[str]:
         """The trajectory settings in which a saved config differs from this one, as 'name: saved -> now'."""
         mine = dataclasses.asdict(self)
-        return [f"{name}: {saved.get(name)!r} -> {mine[name]!r}" for name in TRAJECTORY_FIELDS if saved.get(name) != mine[name]]
+        return [f"{name}: {saved[name]!r} -> {mine[name]!r}" for name in TRAJECTORY_FIELDS
+                if name in saved and saved[name] != mine[name]]
 
 
 def read_saved_config(logdir: Path) -> dict | None:

@@ -30,8 +30,9 @@ def read_metrics(path: Path) -> list[dict]:
 class RunFiles:
     """The chief's side of a run: gets the trainer's events and turns them into files."""
 
-    def __init__(self, logdir: Path, trainer, resumed_epoch: int):
+    def __init__(self, logdir: Path, trainer, resumed_epoch: int, say=print):
         self.logdir = logdir
+        self.say = say
         self.trainer = trainer
         self.config = trainer.config
         logdir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,17 @@ class RunFiles:
     def on_steps(self, global_step: int, loss: float) -> None:
         self.summaries.step(global_step, loss)
 
-    def on_epoch(self, result) -> None:
+    def save_checkpoint(self, position) -> Path:
+        trainer = self.trainer
+        return checkpoint.save(self.checkpoints, position, trainer.steps_per_epoch, trainer.state_variables,
+                               keep=self.config.keep_checkpoints)
+
+    def on_checkpoint(self, position) -> None:
+        """A checkpoint within an epoch (--checkpoint-every, or on the way out after SIGTERM)."""
+        path = self.save_checkpoint(position)
+        self.say(f"checkpoint {path} (epoch {position.epoch + 1}, step {position.step})")
+
+    def on_epoch(self, result, position) -> None:
         trainer, config = self.trainer, self.config
         record = dataclasses.asdict(result) | {
             "learning_rate": trainer.learning_rate,
@@ -66,7 +77,7 @@ class RunFiles:
         if config.image_every and (result.epoch % config.image_every == 0 or last):
             digits = trainer.validation_digits
             self.summaries.pictures(result.epoch, digits, trainer.arrays.y_test, trainer.encoder, trainer.decoder)
-        checkpoint.save(self.checkpoints, result.epoch, trainer.state_variables)
+        self.save_checkpoint(position)
 
     def export(self, val_loss: float | None) -> Path:
         """encoder, decoder and autoencoder as .keras files, each written to a temporary name and renamed."""

@@ -59,6 +59,7 @@ def train_dataset(
     first_epoch: int,
     last_epoch: int,
     input_context: tf.distribute.InputContext,
+    skip_steps: int = 0,
 ) -> tf.data.Dataset:
     """Per-replica batches of epochs first_epoch..last_epoch (0-based, inclusive) for one input pipeline.
 
@@ -66,6 +67,7 @@ def train_dataset(
         images: float32 (N, 784), already scaled: held in memory, so each batch is one gather (the cache).
         input_context: which pipeline this is and how many replicas it feeds; a pipeline feeding several local
             replicas yields their batches in replica order, step after step, as tf.distribute hands them out.
+        skip_steps: steps of first_epoch already trained (a resumed run starts at the next one).
     Returns:
         A dataset of float32 (per_replica_batch, 784) tensors, prefetched.
     """
@@ -85,6 +87,7 @@ def train_dataset(
     return (
         tf.data.Dataset.range(first_epoch, last_epoch + 1)
         .flat_map(epoch_batches)
+        .skip(skip_steps * local_replicas)  # only row indices are skipped: no digit is gathered for them
         .map(lambda rows: tf.gather(images, rows), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )

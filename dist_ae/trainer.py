@@ -6,6 +6,7 @@ events (metrics, TensorBoard, checkpoints) between epochs. Every backend runs th
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from typing import Callable
@@ -18,10 +19,21 @@ from dist_ae import consistency, pipeline
 from dist_ae.backends.base import Backend
 from dist_ae.config import TrainConfig
 from dist_ae.data import MnistArrays
+from dist_ae.errors import Preempted, TrainingError
 from dist_ae.model import build_models, per_digit_loss
 from dist_ae.precision import DynamicLossScale, all_finite, resolve_precision
 
 VALIDATION_BATCH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where training stands: `epoch` epochs completed and `step` steps of the next one, with the loss summed over
+    those steps (so that a resumed epoch still reports the mean over all of its steps)."""
+
+    epoch: int = 0
+    step: int = 0
+    epoch_loss_sum: float = 0.0
 
 
 @dataclasses.dataclass
@@ -161,8 +173,8 @@ class Trainer:
 
         return train_steps
 
-    def batches(self, first_epoch: int):
-        """An iterator over per-replica batches from epoch first_epoch (0-based) to the last one."""
+    def batches(self, first_epoch: int, first_step: int = 0):
+        """An iterator over per-replica batches from step first_step of epoch first_epoch (0-based) to the end."""
 
         def dataset_fn(context):
             return pipeline.train_dataset(
@@ -172,6 +184,7 @@ class Trainer:
                 first_epoch=first_epoch,
                 last_epoch=self.config.epochs - 1,
                 input_context=context,
+                skip_steps=first_step,
             )
 
         return iter(self.backend.distribute(dataset_fn))
@@ -189,52 +202,80 @@ class Trainer:
     def learning_rate(self) -> float:
         return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
-    def fit(self, first_epoch: int, events=None) -> list[EpochResult]:
-        """Trains epochs first_epoch+1 .. config.epochs (first_epoch is the number already done, e.g. resumed).
+    def fit(self, start: Position, events=None, stop_requested: Callable[[], bool] = lambda: False) -> list[EpochResult]:
+        """Trains from `start` (epochs and steps already done, e.g. resumed) to config.epochs.
 
-        `events` (the chief's only) gets on_steps(global_step, loss) after every call and on_epoch(result) after
-        every epoch.
+        `events` (the chief's only) gets on_steps(global_step, loss) after every call, on_checkpoint(position)
+        every --checkpoint-every steps, and on_epoch(result, position) after every epoch.
+        `stop_requested` is polled after every call; when it is true on any worker, every worker stops after the
+        same step, the chief checkpoints there, and Preempted is raised.
         """
         config, steps = self.config, self.steps_per_epoch
-        iterator = self.batches(first_epoch)
+        iterator = self.batches(start.epoch, start.step)
         results = []
-        for epoch in range(first_epoch, config.epochs):
+        for epoch in range(start.epoch, config.epochs):
+            resumed_here = epoch == start.epoch
+            done = start.step if resumed_here else 0
+            epoch_loss = start.epoch_loss_sum if resumed_here else 0.0
             progress = None
             if events is not None:
                 self.say(f"Epoch {epoch + 1}/{config.epochs}")
                 # A live bar on a terminal; one line per epoch in a log file or under a launcher.
                 progress = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2,
                                                stateful_metrics=["loss", "samples/s"])
-            started = time.perf_counter()
-            done, epoch_loss = 0, 0.0
+            started, first_done = time.perf_counter(), done
+            shown = []
             while done < steps:
                 count = min(config.steps_per_call, steps - done)
+                if config.checkpoint_every:  # calls end on checkpoint steps
+                    global_step = epoch * steps + done
+                    count = min(count, config.checkpoint_every - global_step % config.checkpoint_every)
                 local = float(self.train_steps(iterator, tf.constant(count)))
-                # Metrics are averaged over all workers, once per call rather than once per step.
-                call_loss = float(self.backend.sum_across_workers(np.array([local]))[0])
+                # Metrics are summed over all workers once per call; a stop asked of any worker rides along, so
+                # that every worker stops after the same step.
+                call_loss, stops = self.backend.sum_across_workers(np.array([local, float(stop_requested())]))
                 done += count
+                global_step = epoch * steps + done
+                if not math.isfinite(call_loss):
+                    raise TrainingError(
+                        f"the training loss became {call_loss} at step {global_step} (epoch {epoch + 1}); stopped "
+                        "without checkpointing this state (the last checkpoint is kept); try a lower --learning-rate"
+                    )
                 epoch_loss += call_loss
                 elapsed = time.perf_counter() - started
                 mean_call_loss = call_loss / (count * self.global_batch_size)
-                shown = [("loss", mean_call_loss), ("samples/s", done * self.global_batch_size / elapsed)]
+                shown = [("loss", mean_call_loss), ("samples/s", (done - first_done) * self.global_batch_size / elapsed)]
+                position = Position(epoch, done, epoch_loss) if done < steps else Position(epoch + 1, 0, 0.0)
                 if events is not None:
-                    events.on_steps(epoch * steps + done, mean_call_loss)
+                    events.on_steps(global_step, mean_call_loss)
                     if done < steps:  # the epoch's last update waits for the validation loss
                         progress.update(done, shown)
+                if stops and done < steps:
+                    if events is not None:
+                        events.on_checkpoint(position)
+                    raise Preempted(position)
+                if config.checkpoint_every and global_step % config.checkpoint_every == 0 and done < steps:
+                    if events is not None:
+                        events.on_checkpoint(position)
             epoch_seconds = time.perf_counter() - started
             val_loss = self.evaluate()
+            if not math.isfinite(val_loss):
+                raise TrainingError(f"the validation loss became {val_loss} after epoch {epoch + 1}; stopped without "
+                                    "checkpointing this state (the last checkpoint is kept); try a lower --learning-rate")
             result = EpochResult(
                 epoch=epoch + 1,
                 loss=epoch_loss / (steps * self.global_batch_size),
                 val_loss=val_loss,
                 epoch_seconds=epoch_seconds,
-                samples_per_sec=steps * self.global_batch_size / epoch_seconds,
+                samples_per_sec=(steps - first_done) * self.global_batch_size / epoch_seconds,
             )
             if epoch + 1 == config.epochs or (config.check_every and (epoch + 1) % config.check_every == 0):
                 result.weights_fingerprint = self.check_replicas(epoch + 1)
                 result.replicas_checked = self.backend.num_replicas
             if events is not None:
                 progress.update(steps, shown + [("val_loss", val_loss)])
-                events.on_epoch(result)
+                events.on_epoch(result, Position(epoch + 1, 0, 0.0))
             results.append(result)
+            if stops and epoch + 1 < config.epochs:
+                raise Preempted(Position(epoch + 1, 0, 0.0))
         return results

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_usage_error, cli_env, folder_snapshot, run_cli
+from dist_ae.config import TrainConfig
 
 
 @pytest.fixture()
@@ -15,8 +16,7 @@ def existing_run(tmp_path):
     """A log folder holding an earlier run's files (as a user's would)."""
     logdir = tmp_path / "run"
     (logdir / "checkpoints").mkdir(parents=True)
-    (logdir / "config.json").write_text(json.dumps({"data": "sample", "batch_size": 100, "learning_rate": 0.001,
-                                                    "loss": "bce", "seed": 0, "synthetic_samples": 12000}))
+    (logdir / "config.json").write_text(TrainConfig(data="sample", logdir=str(logdir)).to_json())
     (logdir / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.3, "val_loss": 0.3}\n')
     return logdir
 
@@ -33,6 +33,10 @@ FAST_CASES = [  # rejected before TensorFlow is imported
     (["--steps-per-call", "0"], "--steps-per-call 0: must be at least 1"),
     (["--cpu-devices", "-1"], "--cpu-devices -1: must be 0 (off) or a positive count"),
     (["--data", "sample", "--seed", "1"], "holds a run with other settings (seed: 0 -> 1)"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1: must be 0 (epochs only) or a number of steps"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints 0: must keep at least 1"),
+    (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
+    (["--warmup-epochs", "2"], "--warmup-epochs 2.0: ramps up to the scaled learning rate; add --scale-lr"),
 ]
 
 
@@ -93,7 +97,7 @@ def test_log_folder_that_cannot_be_written(tmp_path):
 def test_corrupt_checkpoint_is_named_and_kept(tmp_path):
     logdir = tmp_path / "run"
     (logdir / "checkpoints").mkdir(parents=True)
-    corrupt = logdir / "checkpoints" / "ckpt-000002.npz"
+    corrupt = logdir / "checkpoints" / "ckpt-000000080.npz"
     corrupt.write_bytes(b"PK\x03\x04 truncated")
     before = folder_snapshot(logdir)
     result = run_cli("train", "--data", "sample", "--logdir", str(logdir), env=cli_env(tmp_path))

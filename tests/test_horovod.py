@@ -43,7 +43,7 @@ def test_two_ranks_write_one_set_of_files(two_ranks):
     assert len(list((logdir / "train").iterdir())) == 1
     assert len(list((logdir / "validation").iterdir())) == 1
     assert [r["epoch"] for r in read_metrics(logdir)] == [1, 2]
-    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["ckpt-000001.npz", "ckpt-000002.npz"]
+    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["ckpt-000000200.npz", "ckpt-000000400.npz"]
     assert sorted(p.name for p in (logdir / "export").iterdir()) == [
         "autoencoder.keras", "decoder.keras", "dist_ae.json", "encoder.keras"
     ]
@@ -92,7 +92,7 @@ def test_two_ranks_resume_together(two_ranks, workdir, default_run):
     result = horovodrun(2, *dist_ae(), *TRAIN, "--strategy", "horovod", "--epochs", "3", "--logdir", str(resumed),
                         "--image-every", "0", env=cli_env(workdir))
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
-    assert f"resuming from {resumed / 'checkpoints' / 'ckpt-000002.npz'} (epoch 2 of 3)" in result.stdout
+    assert f"resuming from {resumed / 'checkpoints' / 'ckpt-000000400.npz'} (epoch 2 of 3 done)" in result.stdout
     records = read_metrics(resumed)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     # Both ranks went on from epoch 2 with rank 0's state: they agree, and match the uninterrupted single device.

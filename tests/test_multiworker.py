@@ -43,7 +43,7 @@ def test_only_the_chief_writes(two_workers):
         "checkpoints", "config.json", "export", "metrics.jsonl", "train", "validation"
     ]
     assert len(list((logdir / "train").iterdir())) == 1 and len(list((logdir / "validation").iterdir())) == 1
-    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["ckpt-000001.npz", "ckpt-000002.npz"]
+    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["ckpt-000000200.npz", "ckpt-000000400.npz"]
     assert list(cwd.iterdir()) == []  # the other worker left nothing behind to clean up
 
 
@@ -68,7 +68,7 @@ def test_a_killed_worker_ends_the_job_by_name(workdir):
     assert elapsed < 60, elapsed
     assert "dist-ae launch: worker 1 was killed by SIGKILL; stopping the other workers" in stderr
     assert "[worker 0] dist-ae: training stopped: lost contact with worker 1" in stderr
-    assert (logdir / "checkpoints" / "ckpt-000001.npz").exists()  # the chief's last checkpoint is kept
+    assert (logdir / "checkpoints" / "ckpt-000000200.npz").exists()  # the chief's last checkpoint is kept
 
 
 def test_auto_picks_multiworker_from_tf_config():

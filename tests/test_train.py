@@ -64,7 +64,7 @@ def test_tensorboard_holds_scalars_and_pictures(default_run):
 
 def test_export_loads_and_matches_the_final_checkpoint(default_run, workdir):
     logdir, _ = default_run
-    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == [f"ckpt-00000{i}.npz" for i in (1, 2, 3)]
+    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == [f"ckpt-000000{i}00.npz" for i in (2, 4, 6)]
     encoder = keras.models.load_model(logdir / "export" / "encoder.keras")
     decoder = keras.models.load_model(logdir / "export" / "decoder.keras")
     autoencoder = keras.models.load_model(logdir / "export" / "autoencoder.keras")
@@ -74,8 +74,8 @@ def test_export_loads_and_matches_the_final_checkpoint(default_run, workdir):
     _, _, fresh = build_models()
     optimizer = keras.optimizers.RMSprop()
     optimizer.build(fresh.trainable_variables)
-    meta, arrays = checkpoint.read(logdir / "checkpoints" / "ckpt-000003.npz")
-    assert checkpoint.restore_values(logdir, fresh.weights + optimizer.variables, meta, arrays) == 3
+    meta, arrays = checkpoint.read(logdir / "checkpoints" / "ckpt-000000600.npz")
+    assert checkpoint.restore_values(logdir, fresh.weights + optimizer.variables, meta, arrays) == (3, 0, 0.0)
     digits = np.random.default_rng(0).random((8, 784), dtype=np.float32)
     np.testing.assert_allclose(autoencoder(digits), fresh(digits), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(decoder(encoder(digits)), fresh(digits), rtol=1e-6, atol=1e-7)
@@ -107,7 +107,7 @@ def test_resume_continues_from_the_checkpoint(default_run, workdir):
     before = read_metrics(resumed)
     result = run_cli(*TRAIN, "--epochs", "4", "--strategy", "default", "--logdir", str(resumed), env=cli_env(workdir))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming from {resumed / 'checkpoints' / 'ckpt-000003.npz'} (epoch 3 of 4)" in result.stdout
+    assert f"resuming from {resumed / 'checkpoints' / 'ckpt-000000600.npz'} (epoch 3 of 4 done)" in result.stdout
     assert "Epoch 1/4" not in result.stdout and "Epoch 4/4" in result.stdout
     after = read_metrics(resumed)
     assert [r["epoch"] for r in after] == [1, 2, 3, 4]
