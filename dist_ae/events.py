@@ -51,8 +51,9 @@ class RunFiles:
 
     def save_checkpoint(self, position) -> Path:
         trainer = self.trainer
-        return checkpoint.save(self.checkpoints, position, trainer.steps_per_epoch, trainer.state_variables,
-                               keep=self.config.keep_checkpoints)
+        self.last_checkpoint = checkpoint.save(self.checkpoints, position, trainer.steps_per_epoch,
+                                               trainer.state_variables, keep=self.config.keep_checkpoints)
+        return self.last_checkpoint
 
     def on_checkpoint(self, position) -> None:
         """A checkpoint within an epoch (--checkpoint-every, or on the way out after SIGTERM)."""

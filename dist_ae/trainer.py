@@ -277,5 +277,7 @@ class Trainer:
                 events.on_epoch(result, Position(epoch + 1, 0, 0.0))
             results.append(result)
             if stops and epoch + 1 < config.epochs:
+                if events is not None:
+                    self.say(f"checkpoint {events.last_checkpoint} (epoch {epoch + 2}, step 0)")
                 raise Preempted(Position(epoch + 1, 0, 0.0))
         return results
