@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from dist_ae.errors import UsageError
@@ -122,11 +123,17 @@ def read_saved_config(logdir: Path) -> dict | None:
 
 
 def check_writable_logdir(logdir: Path) -> None:
-    """Raises UsageError unless the log folder exists as a writable folder or can be created; writes nothing."""
+    """Raises UsageError unless the log folder exists as a writable folder or can be created; leaves nothing behind."""
     probe = logdir
     while not probe.exists():
+        if probe.is_symlink():
+            raise UsageError(f"--logdir {logdir}: {probe} is a broken symbolic link")
         probe = probe.parent
     if not probe.is_dir():
         raise UsageError(f"--logdir {logdir}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--logdir {logdir}: {probe} is not writable")
+    if logdir.exists() and any(not os.access(path, os.W_OK) for path in [logdir, *logdir.iterdir()]):
+        raise UsageError(f"--logdir {logdir}: is not writable")
+    try:  # permissions alone do not tell (root, read-only file systems): try it
+        tempfile.TemporaryDirectory(dir=probe, prefix=".dist-ae-probe-").cleanup()
+    except OSError as error:
+        raise UsageError(f"--logdir {logdir}: {probe} is not writable ({error.strerror})") from None

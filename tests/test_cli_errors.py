@@ -113,3 +113,24 @@ def test_evaluate_without_a_model(tmp_path):
 def test_help_and_no_command():
     assert run_cli("--help").returncode == 0
     assert_usage_error(run_cli(), "the following arguments are required: command")
+
+
+def test_log_folder_on_a_read_only_file_system(tmp_path):
+    result = run_cli("train", "--data", "sample", "--logdir", "/proc/dist-ae-run", env=cli_env(tmp_path))
+    assert_usage_error(result, "--logdir /proc/dist-ae-run: /proc is not writable")
+
+
+from test_data import MALFORMED_IDS, malformed  # noqa: E402,F401  (the malformed files, written once)
+
+
+@pytest.mark.parametrize("case_id", MALFORMED_IDS)
+def test_bad_data_through_the_command(malformed, case_id, tmp_path):
+    """Every malformed input of the catalogue, as a user meets it: one line, status 2, the log folder untouched."""
+    path, expected = malformed[case_id]
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    (logdir / "notes.txt").write_text("the user's own file")
+    before = folder_snapshot(logdir)
+    result = run_cli("train", "--data", str(path), "--logdir", str(logdir), env=cli_env(tmp_path))
+    assert_usage_error(result, expected)
+    assert folder_snapshot(logdir) == before
