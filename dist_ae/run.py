@@ -149,7 +149,8 @@ def lost_workers_reported():
         horovod = "horovod" in text.lower() or "gloo" in text.lower()
         if not (peer or horovod or isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError))):
             raise
-        who = f"{peer.group(1)} {peer.group(2)}" if peer else "another worker"
+        who = f"{peer.group(1)} {peer.group(2)}" if peer else (
+            "another Horovod rank (horovodrun names it)" if horovod else "another worker")
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         reason = next((line for line in lines if SYMPTOM.search(line)), lines[-1] if lines else type(error).__name__)
         raise TrainingError(f"lost contact with {who} ({reason}); rerun the same command to resume from the last "
