@@ -70,7 +70,10 @@ class RunFiles:
             "per_replica_batch_size": trainer.per_replica_batch_size,
             "steps": trainer.steps_per_epoch,
             "strategy": trainer.backend.name,
+            "precision": trainer.precision,
         }
+        if trainer.loss_scale is not None:
+            record["loss_scale"] = float(trainer.loss_scale.scale.numpy())
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         self.summaries.epoch(record)

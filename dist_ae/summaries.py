@@ -102,6 +102,8 @@ class Summaries:
             tf.summary.scalar("epoch_loss", record["loss"])
             tf.summary.scalar("learning_rate", record["learning_rate"])
             tf.summary.scalar("samples_per_sec", record["samples_per_sec"])
+            if "loss_scale" in record:
+                tf.summary.scalar("loss_scale", record["loss_scale"])
         with self.validation.as_default(step=step):
             tf.summary.scalar("epoch_loss", record["val_loss"])
         self.flush()

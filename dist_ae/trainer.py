@@ -125,7 +125,6 @@ class Trainer:
         model, optimizer, backend = self.autoencoder, self.optimizer, self.backend
         trainable = model.trainable_variables
         global_batch_size = float(self.global_batch_size)
-
         loss_scale = self.loss_scale
 
         def loss_and_gradients(digits, scale):
@@ -147,17 +146,15 @@ class Trainer:
             apply = tf.function(apply, jit_compile=True)
 
         def replica_step(digits):
-            if loss_scale is None:
-                loss, gradients = loss_and_gradients(digits, 1.0)
-                apply(backend.combine_gradients(gradients))
-                return loss
-            scale = loss_scale.scale.read_value()
+            scale = loss_scale.scale.read_value() if loss_scale else 1.0
             loss, gradients = loss_and_gradients(digits, scale)
             gradients = backend.combine_gradients(gradients)
+            if loss_scale is None:
+                apply(gradients)
+                return loss
             finite = backend.all_replicas_finite(all_finite(gradients))
             # An overflowing step applies zero gradients: RMSprop then leaves every weight as it was.
-            gradients = [tf.where(finite, g / scale, tf.zeros_like(g)) for g in gradients]
-            optimizer.apply(gradients, trainable)
+            apply([tf.where(finite, g / scale, tf.zeros_like(g)) for g in gradients])
             loss_scale.update(finite)
             return loss
 
@@ -202,7 +199,7 @@ class Trainer:
     def learning_rate(self) -> float:
         return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
-    def fit(self, start: Position, events=None, stop_requested: Callable[[], bool] = lambda: False) -> list[EpochResult]:
+    def fit(self, start: Position = Position(), events=None, stop_requested: Callable[[], bool] = lambda: False) -> list[EpochResult]:
         """Trains from `start` (epochs and steps already done, e.g. resumed) to config.epochs.
 
         `events` (the chief's only) gets on_steps(global_step, loss) after every call, on_checkpoint(position)

@@ -41,7 +41,7 @@ def test_policy_dtypes_and_learning(sample_arrays, precision):
     trainer = trainer_for(sample_arrays, epochs=1, precision=precision)
     assert {v.dtype for v in trainer.state_variables[:8]} == {"float32"}
     untrained = trainer.evaluate()
-    result = trainer.fit(0)[0]
+    result = trainer.fit()[0]
     assert result.val_loss < 0.6 * untrained, (untrained, result.val_loss)
 
 
@@ -96,7 +96,7 @@ def test_several_steps_per_call_equal_one_step_per_call(sample_arrays):
     final = []
     for steps_per_call in (1, 7):
         trainer = trainer_for(sample_arrays, epochs=1, steps_per_call=steps_per_call, precision="float32")
-        trainer.fit(0)
+        trainer.fit()
         final.append([v.numpy() for v in trainer.state_variables])
     for one, several in zip(*final):
         np.testing.assert_allclose(several, one, rtol=1e-6, atol=1e-7)
