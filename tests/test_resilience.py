@@ -171,3 +171,26 @@ def test_a_lost_horovod_rank_ends_the_job_and_the_rerun_finishes(workdir):
     assert "resuming from" in result.stdout
     assert [r["epoch"] for r in read_metrics(logdir)] == [1, 2, 3]
     assert read_metrics(logdir)[-1]["replicas_checked"] == 2
+
+
+@requires_horovod
+def test_sigterm_to_one_rank_stops_both_after_the_same_step(workdir):
+    logdir = workdir / "horovod-terminated"
+    command = [shutil.which("horovodrun") or "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
+               "-m", "dist_ae", *RESUMABLE, "--strategy", "horovod", "--logdir", str(logdir)]
+    job = subprocess.Popen(command, cwd=ROOT, env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    wait_for_checkpoint(job, logdir, 100)
+    ranks = subprocess.run(["pgrep", "-f", "HOROVOD_RANK=1 "], capture_output=True, text=True).stdout.split()
+    rank_one = subprocess.run(["pgrep", "-P", ranks[0]], capture_output=True, text=True).stdout.split()
+    os.kill(int(rank_one[0]), signal.SIGTERM)  # rank 1 only: rank 0 learns of it through the per-call allreduce
+    stdout, stderr = job.communicate(timeout=120)
+    stops = sorted(line for line in stderr.splitlines() if "dist-ae: stopped by a signal after" in line)
+    assert len(stops) == 2, stderr[-3000:]
+    assert stops[0].startswith("[0]<stderr>:") and stops[1].startswith("[1]<stderr>:")
+    assert stops[0].split(":", 1)[1] == stops[1].split(":", 1)[1]  # the same step on both ranks
+    stopped_at = checkpoint_steps(logdir)[-1]
+    result = subprocess.run(command, cwd=ROOT, env=cli_env(workdir), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert f"ckpt-{stopped_at:09d}.npz" in result.stdout
+    assert read_metrics(logdir)[-1]["replicas_checked"] == 2
