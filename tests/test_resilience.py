@@ -147,18 +147,28 @@ def test_overwrite_starts_over_in_a_folder_of_another_run(default_run, workdir):
     assert checkpoint_steps(logdir) == [80]
 
 
-@requires_horovod
-def test_a_lost_horovod_rank_ends_the_job_and_the_rerun_finishes(workdir):
-    logdir = workdir / "horovod-lost"
+def horovod_job(workdir: Path, logdir: Path) -> tuple[list[str], subprocess.Popen]:
+    """A two-rank horovodrun job of RESUMABLE, started; returns its command (to rerun it) and its process."""
     command = [shutil.which("horovodrun") or "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
                "-m", "dist_ae", *RESUMABLE, "--strategy", "horovod", "--logdir", str(logdir)]
     job = subprocess.Popen(command, cwd=ROOT, env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
+                           text=True)
+    return command, job
+
+
+def rank_pid(rank: int) -> int:
+    """The training process of one Horovod rank: horovodrun starts it under `sh -c env HOROVOD_RANK=r ...`."""
+    shells = subprocess.run(["pgrep", "-f", f"HOROVOD_RANK={rank} "], capture_output=True, text=True).stdout.split()
+    children = subprocess.run(["pgrep", "-P", shells[0]], capture_output=True, text=True).stdout.split()
+    return int(children[0])
+
+
+@requires_horovod
+def test_a_lost_horovod_rank_ends_the_job_and_the_rerun_finishes(workdir):
+    logdir = workdir / "horovod-lost"
+    command, job = horovod_job(workdir, logdir)
     wait_for_checkpoint(job, logdir, 100)
-    ranks = subprocess.run(["pgrep", "-f", f"dist_ae {' '.join(RESUMABLE[:2])}"], capture_output=True, text=True)
-    pids = [int(pid) for pid in ranks.stdout.split() if int(pid) != job.pid]
-    assert len(pids) >= 2, ranks.stdout
-    os.kill(max(pids), signal.SIGKILL)  # one rank, not the launcher
+    os.kill(rank_pid(1), signal.SIGKILL)  # one rank, not the launcher
     killed = time.monotonic()
     stdout, stderr = job.communicate(timeout=120)
     assert time.monotonic() - killed < 60
@@ -176,14 +186,9 @@ def test_a_lost_horovod_rank_ends_the_job_and_the_rerun_finishes(workdir):
 @requires_horovod
 def test_sigterm_to_one_rank_stops_both_after_the_same_step(workdir):
     logdir = workdir / "horovod-terminated"
-    command = [shutil.which("horovodrun") or "horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-               "-m", "dist_ae", *RESUMABLE, "--strategy", "horovod", "--logdir", str(logdir)]
-    job = subprocess.Popen(command, cwd=ROOT, env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
+    command, job = horovod_job(workdir, logdir)
     wait_for_checkpoint(job, logdir, 100)
-    ranks = subprocess.run(["pgrep", "-f", "HOROVOD_RANK=1 "], capture_output=True, text=True).stdout.split()
-    rank_one = subprocess.run(["pgrep", "-P", ranks[0]], capture_output=True, text=True).stdout.split()
-    os.kill(int(rank_one[0]), signal.SIGTERM)  # rank 1 only: rank 0 learns of it through the per-call allreduce
+    os.kill(rank_pid(1), signal.SIGTERM)  # rank 1 only: rank 0 learns of it through the per-call allreduce
     stdout, stderr = job.communicate(timeout=120)
     stops = sorted(line for line in stderr.splitlines() if "dist-ae: stopped by a signal after" in line)
     assert len(stops) == 2, stderr[-3000:]
