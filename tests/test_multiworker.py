@@ -47,18 +47,17 @@ def test_only_the_chief_writes(two_workers):
     assert list(cwd.iterdir()) == []  # the other worker left nothing behind to clean up
 
 
-def test_a_killed_worker_ends_the_job_by_name(workdir):
+def test_a_killed_worker_ends_the_job_by_name_and_the_rerun_finishes(workdir):
     logdir = workdir / "multiworker-killed"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "dist_ae", "launch", "--workers", "2", "--", *TRAIN[1:], "--epochs", "50",
-         "--image-every", "0", "--logdir", str(logdir)],
-        cwd=ROOT, env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    command = [sys.executable, "-m", "dist_ae", "launch", "--workers", "2", "--", *TRAIN[1:], "--epochs", "3",
+               "--checkpoint-every", "50", "--image-every", "0", "--logdir", str(logdir)]
+    launcher = subprocess.Popen(command, cwd=ROOT, env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     pids = {}
     for line in launcher.stdout:
         if line.startswith("dist-ae launch: worker"):
             pids[int(line.split()[3])] = int(line.rsplit("pid ", 1)[1].rstrip(")\n"))
-        if "[worker 0] Epoch 2/50" in line:  # training is under way on both workers
+        if "[worker 0] checkpoint" in line and "step 100)" in line:  # mid-epoch, with checkpoints behind it
             break
     os.kill(pids[1], signal.SIGKILL)
     killed = time.monotonic()
@@ -68,7 +67,12 @@ def test_a_killed_worker_ends_the_job_by_name(workdir):
     assert elapsed < 60, elapsed
     assert "dist-ae launch: worker 1 was killed by SIGKILL; stopping the other workers" in stderr
     assert "[worker 0] dist-ae: training stopped: lost contact with worker 1" in stderr
-    assert (logdir / "checkpoints" / "ckpt-000000200.npz").exists()  # the chief's last checkpoint is kept
+    assert (logdir / "checkpoints" / "ckpt-000000100.npz").exists()  # the chief's checkpoints are kept
+    rerun = subprocess.run(command, cwd=ROOT, env=cli_env(workdir), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, (rerun.stdout[-3000:], rerun.stderr[-3000:])
+    assert "[worker 0] resuming from" in rerun.stdout
+    records = read_metrics(logdir)
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[-1]["replicas_checked"] == 2
 
 
 def test_auto_picks_multiworker_from_tf_config():
