@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,18 +20,32 @@ from dist_ae.errors import UsageError
 GRACE_SECONDS = 10
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel has just handed out as free on 127.0.0.1 (held open together so they differ)."""
-    sockets = []
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out for outgoing connections (and for bind to port 0)."""
     try:
-        for _ in range(count):
-            handle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            handle.bind(("127.0.0.1", 0))
-            sockets.append(handle)
-        return [handle.getsockname()[1] for handle in sockets]
-    finally:
-        for handle in sockets:
-            handle.close()
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int) -> list[int]:
+    """Free ports on 127.0.0.1 below the ephemeral range: a port the kernel may hand to some outgoing connection
+    (another worker's, say) in the moment between our check and the worker's bind would make that worker fail."""
+    low, _ = ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    ports = []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as handle:
+            try:
+                handle.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise UsageError(f"--workers {count}: found only {len(ports)} free ports on 127.0.0.1")
 
 
 def tf_config(addresses: list[str], index: int) -> str:

@@ -80,7 +80,8 @@ class Trainer:
         self.precision = resolve_precision(config.precision, tf.config.list_logical_devices("GPU"))
         with backend.scope():
             self.encoder, self.decoder, self.autoencoder = build_models(self.precision)
-            self.optimizer = keras.optimizers.RMSprop(learning_rate=self.learning_rate_schedule())
+            # A fixed name: checkpoints match variables by path, and Keras numbers unnamed optimizers per process.
+            self.optimizer = keras.optimizers.RMSprop(learning_rate=self.learning_rate_schedule(), name="rmsprop")
             self.optimizer.build(self.autoencoder.trainable_variables)
             # float16 alone needs a loss scale; bfloat16 has float32's exponent range.
             self.loss_scale = DynamicLossScale() if self.precision == "mixed_float16" else None

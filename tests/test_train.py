@@ -72,7 +72,7 @@ def test_export_loads_and_matches_the_final_checkpoint(default_run, workdir):
     from dist_ae.model import build_models
 
     _, _, fresh = build_models()
-    optimizer = keras.optimizers.RMSprop()
+    optimizer = keras.optimizers.RMSprop(name="rmsprop")
     optimizer.build(fresh.trainable_variables)
     meta, arrays = checkpoint.read(logdir / "checkpoints" / "ckpt-000000600.npz")
     assert checkpoint.restore_values(logdir, fresh.weights + optimizer.variables, meta, arrays) == (3, 0, 0.0)
