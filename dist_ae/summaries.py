@@ -112,8 +112,10 @@ class Summaries:
         """Each epoch's images, from the validation digits and the current encoder and decoder."""
         # Plain calls, not predict(): under a multi-worker strategy predict() would be a collective the chief runs alone.
         codes = encoder(digits, training=False).numpy()
-        shown = digits[:RECONSTRUCTION_DIGITS]
-        reconstructions = decoder(codes[:RECONSTRUCTION_DIGITS], training=False).numpy()
+        # Spread over the whole split, so that every class shows up (the sample's split is ordered by digit).
+        picked = np.linspace(0, len(digits) - 1, min(RECONSTRUCTION_DIGITS, len(digits))).astype(int)
+        shown = digits[picked]
+        reconstructions = decoder(codes[picked], training=False).numpy()
         z0, z1, points = manifold_grid(codes)
         decoded = decoder(points, training=False).numpy()
         with self.validation.as_default(step=epoch):
