@@ -83,6 +83,9 @@ def train_and_export(config, trainer, events, position, logdir, say, stop_reques
         folder = events.export(val_loss)
         say(f"done: validation loss {val_loss:.4f} after {config.epochs} epochs; logs in {logdir}, "
             f"models in {folder}; view with: tensorboard --logdir {logdir}")
+    # Distributed: a last collective, so that no worker exits while another is still exporting (a worker whose
+    # peers have gone logs lost-heartbeat errors on the way out).
+    trainer.backend.sum_across_workers(np.zeros(1))
     return results
 
 
