@@ -88,8 +88,12 @@ def read(path: Path) -> tuple[dict, list[np.ndarray]]:
 def restore_values(path: Path, variables: list, meta: dict, arrays: list[np.ndarray]) -> tuple[int, int, float]:
     """Assigns a checkpoint's arrays to the variables; returns (epochs done, steps done of the next, their loss sum)."""
     shapes = [[variable_name(v), list(v.shape)] for v in variables]
-    if meta["variables"] != shapes:
+    if meta["variables"] != shapes or [list(a.shape) for a in arrays] != [shape for _, shape in shapes]:
         raise UsageError(f"{path}: holds variables of a different model or optimizer; it cannot be resumed here")
+    try:
+        position = int(meta["epoch"]), int(meta.get("step", 0)), float(meta.get("epoch_loss_sum", 0.0))
+    except (TypeError, ValueError, KeyError) as error:
+        raise UsageError(f"{path}: corrupt checkpoint ({error}); move it aside to resume from an earlier one") from None
     for variable, value in zip(variables, arrays):
         variable.assign(value)
-    return int(meta["epoch"]), int(meta.get("step", 0)), float(meta.get("epoch_loss_sum", 0.0))
+    return position

@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"dist-ae: training stopped: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the disk filled up, a file system went away: not a bug of ours, and no traceback
+        print(f"dist-ae: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dist-ae: interrupted", file=sys.stderr)
         return 130

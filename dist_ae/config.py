@@ -18,6 +18,10 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "horovod")
 COLLECTIVES = ("auto", "ring", "nccl")
 
+MAX_EPOCHS = 1_000_000
+MAX_CPU_DEVICES = 64
+MAX_SYNTHETIC = 10_000_000
+
 # Settings that change what training computes: a checkpoint written under other values is not resumed.
 TRAJECTORY_FIELDS = ("data", "batch_size", "learning_rate", "loss", "seed", "synthetic_samples", "scale_lr", "warmup_epochs",
                      "precision")
@@ -54,8 +58,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Returns self, or raises UsageError naming the first setting out of range."""
-        if self.epochs < 1:
-            raise UsageError(f"--epochs {self.epochs}: must be at least 1")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise UsageError(f"--epochs {self.epochs}: must be from 1 to {MAX_EPOCHS:,}")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed {self.seed}: must be from 0 to 2**32 - 1")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be a positive number of digits")
         if not self.learning_rate > 0 or self.learning_rate != self.learning_rate or self.learning_rate == float("inf"):
@@ -64,12 +70,12 @@ class TrainConfig:
             raise UsageError(f"--loss {self.loss}: unknown loss; choose one of {', '.join(LOSSES)}")
         if self.strategy not in STRATEGIES:
             raise UsageError(f"--strategy {self.strategy}: unknown strategy; choose one of {', '.join(STRATEGIES)}")
-        if self.cpu_devices < 0:
-            raise UsageError(f"--cpu-devices {self.cpu_devices}: must be 0 (off) or a positive count")
+        if not 0 <= self.cpu_devices <= MAX_CPU_DEVICES:
+            raise UsageError(f"--cpu-devices {self.cpu_devices}: must be 0 (off) or a count up to {MAX_CPU_DEVICES}")
         if self.steps_per_call < 1:
             raise UsageError(f"--steps-per-call {self.steps_per_call}: must be at least 1")
-        if self.synthetic_samples < 20:
-            raise UsageError(f"--synthetic-samples {self.synthetic_samples}: need at least 20 digits")
+        if not 20 <= self.synthetic_samples <= MAX_SYNTHETIC:
+            raise UsageError(f"--synthetic-samples {self.synthetic_samples}: must be from 20 to {MAX_SYNTHETIC:,} digits")
         if self.image_every < 0:
             raise UsageError(f"--image-every {self.image_every}: must be 0 (never) or a positive number of epochs")
         if self.checkpoint_every < 0:

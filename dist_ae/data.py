@@ -146,7 +146,10 @@ def load_sample() -> MnistArrays:
 
 def load_npz(path: Path) -> MnistArrays:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UsageError(f"{path}: a single array, not a .npz archive of {', '.join(NPZ_KEYS)}")
+        with loaded as archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
             if missing:
                 raise UsageError(f"{path}: missing arrays {', '.join(missing)}; a Keras-layout .npz holds {', '.join(NPZ_KEYS)}")
@@ -200,6 +203,13 @@ def read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
 
 
 def load_idx_folder(folder: Path) -> MnistArrays:
+    try:
+        return read_idx_folder(folder)
+    except PermissionError:
+        raise UsageError(f"{folder}: cannot read the folder (permission denied)") from None
+
+
+def read_idx_folder(folder: Path) -> MnistArrays:
     arrays = {}
     missing = []
     for key, stem in IDX_FILES.items():

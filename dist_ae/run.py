@@ -62,7 +62,7 @@ def train(config: TrainConfig, say: Callable[[str], None] = print):
             clear_run(logdir, chief_say)
         events = RunFiles(logdir, trainer, position.epoch, say=chief_say)  # only the chief writes
     try:
-        with stop_signals(chief_say) as stop_requested, lost_workers_reported():
+        with stop_signals(chief_say) as stop_requested, lost_workers_reported(backend.worker_index):
             results = train_and_export(config, trainer, events, position, logdir, chief_say, stop_requested)
     finally:
         if events is not None:
@@ -139,7 +139,7 @@ LOST_PEER = re.compile(r"/job:(chief|worker)/replica:\d+/task:(\d+)")
 
 
 @contextlib.contextmanager
-def lost_workers_reported():
+def lost_workers_reported(own_index: int = 0):
     """Turns a collective that failed because another worker went away into one line naming that worker."""
     import tensorflow as tf
 
@@ -148,7 +148,8 @@ def lost_workers_reported():
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
             tf.errors.CancelledError, tf.errors.UnknownError, tf.errors.InternalError) as error:
         text = str(error)
-        peer = LOST_PEER.search(text)
+        # TensorFlow's message names tasks, this worker's own among them: the lost one is another.
+        peer = next((match for match in LOST_PEER.finditer(text) if int(match.group(2)) != own_index), None)
         horovod = "horovod" in text.lower() or "gloo" in text.lower()
         if not (peer or horovod or isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError))):
             raise

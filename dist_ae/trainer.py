@@ -242,7 +242,9 @@ class Trainer:
                 epoch_loss += call_loss
                 elapsed = time.perf_counter() - started
                 mean_call_loss = call_loss / (count * self.global_batch_size)
-                shown = [("loss", mean_call_loss), ("samples/s", (done - first_done) * self.global_batch_size / elapsed)]
+                # The bar shows the epoch's running mean, as Keras' does; TensorBoard's batch_loss has each call's.
+                shown = [("loss", epoch_loss / (done * self.global_batch_size)),
+                         ("samples/s", (done - first_done) * self.global_batch_size / elapsed)]
                 position = Position(epoch, done, epoch_loss) if done < steps else Position(epoch + 1, 0, 0.0)
                 if events is not None:
                     events.on_steps(global_step, mean_call_loss)

@@ -22,7 +22,10 @@ def existing_run(tmp_path):
 
 
 FAST_CASES = [  # rejected before TensorFlow is imported
-    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--epochs", "0"], "--epochs 0: must be from 1 to 1,000,000"),
+    (["--epochs", "99999999999999999999"], "--epochs 99999999999999999999: must be from 1 to 1,000,000"),
+    (["--seed", "-1"], "--seed -1: must be from 0 to 2**32 - 1"),
+    (["--synthetic-samples", "99999999999"], "--synthetic-samples 99999999999: must be from 20 to 10,000,000 digits"),
     (["--batch-size", "0"], "--batch-size 0: must be a positive number of digits"),
     (["--batch-size", "-5"], "--batch-size -5: must be a positive number of digits"),
     (["--learning-rate", "-0.1"], "--learning-rate -0.1: must be a positive, finite number"),
@@ -31,7 +34,8 @@ FAST_CASES = [  # rejected before TensorFlow is imported
     (["--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
     (["--epochs", "three"], "argument --epochs: invalid int value: 'three'"),
     (["--steps-per-call", "0"], "--steps-per-call 0: must be at least 1"),
-    (["--cpu-devices", "-1"], "--cpu-devices -1: must be 0 (off) or a positive count"),
+    (["--cpu-devices", "-1"], "--cpu-devices -1: must be 0 (off) or a count up to 64"),
+    (["--cpu-devices", "100000"], "--cpu-devices 100000: must be 0 (off) or a count up to 64"),
     (["--data", "sample", "--seed", "1"], "holds a run with other settings (seed: 0 -> 1)"),
     (["--checkpoint-every", "-1"], "--checkpoint-every -1: must be 0 (epochs only) or a number of steps"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints 0: must keep at least 1"),
@@ -134,3 +138,17 @@ def test_bad_data_through_the_command(malformed, case_id, tmp_path):
     result = run_cli("train", "--data", str(path), "--logdir", str(logdir), env=cli_env(tmp_path))
     assert_usage_error(result, expected)
     assert folder_snapshot(logdir) == before
+
+
+def test_a_single_array_is_not_an_npz(tmp_path):
+    single = tmp_path / "digits.npy"
+    np.save(single, np.zeros((10, 28, 28), np.uint8))
+    result = run_cli("train", "--data", str(single), "--logdir", str(tmp_path / "x"), env=cli_env(tmp_path))
+    assert_usage_error(result, f"{single}: a single array, not a .npz archive of x_train, y_train, x_test, y_test")
+
+
+def test_tf_config_naming_a_task_that_is_not_there(tmp_path):
+    config = '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 5}}'
+    result = run_cli("train", "--strategy", "multiworker", "--data", "sample", "--logdir", str(tmp_path / "x"),
+                     env=cli_env(tmp_path, TF_CONFIG=config))
+    assert_usage_error(result, "TF_CONFIG: not a valid cluster description (task index 5 is not one of the 1 worker tasks)")

@@ -36,9 +36,13 @@ def cluster_resolver(environ=os.environ):
     if environ.get("TF_CONFIG"):
         try:
             config = json.loads(environ["TF_CONFIG"])
-            task = config["task"]
-            config["cluster"], task["type"], int(task["index"])
-        except (ValueError, KeyError, TypeError) as error:
+            task, cluster = config["task"], config["cluster"]
+            tasks = cluster[task["type"]]
+            if not isinstance(tasks, list) or not all(isinstance(address, str) for address in tasks):
+                raise TypeError(f"cluster[{task['type']!r}] must be a list of 'host:port'")
+            if not 0 <= int(task["index"]) < len(tasks):
+                raise ValueError(f"task index {task['index']} is not one of the {len(tasks)} {task['type']} tasks")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise UsageError(f"TF_CONFIG: not a valid cluster description ({error}); it needs "
                              '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}') from None
         return tf.distribute.cluster_resolver.TFConfigClusterResolver()
